@@ -1,0 +1,127 @@
+"""The FP8 linear: ``y = x @ W.T + b`` with FP8 operands in all three GEMMs.
+
+Forward: x and W in E4M3. Backward: the output gradient in E5M2 (``hybrid``) or E4M3; dgrad =
+``g @ W``, wgrad = ``g.T @ x``, both FP8 GEMMs with float32 accumulation. The weight gradient either
+returns to autograd in high precision (``gemm`` level) or is added into ``weight.main_grad``: a float
+tensor (Megatron's fused gradient accumulation) or an :class:`Fp8Tensor`, accumulated in FP8 with a
+fresh scale (dequantize-add-requantize, O1-O3). Only the FP8 transpose of x is kept for backward.
+"""
+
+import torch
+import torch.nn as nn
+
+from .blockwise import BlockwiseFp8Tensor
+from .formats import E4M3, is_fp8, is_scaled
+from .gemm import blockwise_gemm, fp8_gemm
+from .quantizer import AmaxReduce, TensorQuantizer, weight_operands
+from .scaling import Fp8Recipe
+from .tensor import Fp8Tensor
+
+
+def _gemm(a, b, out_dtype):
+    if isinstance(a, BlockwiseFp8Tensor):
+        return blockwise_gemm(a, b, out_dtype)
+    return fp8_gemm(a, b, out_dtype)
+
+
+class Fp8LinearState:
+    """Per-layer FP8 state: the input and output-gradient quantizers and the cached FP8 weight.
+
+    The FP8 weight is cast once per optimizer step, not per micro-batch: it is rebuilt only when the
+    parameter's version counter shows an in-place update (or when an optimizer primes it directly).
+    """
+
+    def __init__(self, recipe: Fp8Recipe, device=None, amax_reduce: AmaxReduce | None = None):
+        self.recipe = recipe
+        self.input_quantizer = TensorQuantizer(E4M3, recipe, device, amax_reduce)
+        self.grad_quantizer = TensorQuantizer(recipe.grad_dtype, recipe, device, amax_reduce)
+        self._weight_key = None
+        self._weight = None
+
+    def weight_operands(self, weight: torch.Tensor):
+        key = (weight.data_ptr(), weight._version)
+        if key != self._weight_key:
+            self._weight = weight_operands(weight, getattr(weight, "scale_inv", None), E4M3,
+                                           self.recipe.recipe == "blockwise", self.recipe.margin)
+            self._weight_key = key
+        return self._weight
+
+    def prime_weight(self, weight: torch.Tensor, w: Fp8Tensor) -> None:
+        """Install an FP8 copy written by the optimizer (e.g. by the fused AdamW kernel)."""
+        self._weight = (w, w.t())
+        self._weight_key = (weight.data_ptr(), weight._version)
+
+    def state_dict(self) -> dict:
+        return {"input": self.input_quantizer.state_dict(), "grad": self.grad_quantizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.input_quantizer.load_state_dict(state["input"])
+        self.grad_quantizer.load_state_dict(state["grad"])
+
+
+def accumulate_weight_grad(weight: torch.Tensor, wgrad: torch.Tensor, margin: int):
+    """Add ``wgrad`` into ``weight.main_grad`` if it has one (returning None), else return it for autograd."""
+    main_grad = getattr(weight, "main_grad", None)
+    if main_grad is None:
+        if is_fp8(weight.dtype) or is_scaled(weight.dtype):
+            raise RuntimeError("an FP8/FP16-with-scale weight needs a main_grad buffer for its gradient")
+        return wgrad.to(weight.dtype)
+    if isinstance(main_grad, Fp8Tensor):
+        main_grad.accumulate_(wgrad, margin)
+    else:
+        main_grad.add_(wgrad.to(main_grad.dtype))
+    return None
+
+
+class _Fp8LinearFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, state: Fp8LinearState):
+        in_features = x.shape[-1]
+        x2d = x.reshape(-1, in_features)
+        w, w_t = state.weight_operands(weight)
+        need_wgrad = weight.requires_grad
+        xq, xq_t = state.input_quantizer.quantize(x2d, with_transpose=need_wgrad)
+        out = _gemm(xq, w, x.dtype)
+        if bias is not None:
+            out = out + bias
+        ctx.state, ctx.w_t, ctx.xq_t, ctx.weight = state, w_t, xq_t, weight
+        ctx.x_shape, ctx.has_bias = x.shape, bias is not None
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        state, weight = ctx.state, ctx.weight
+        g2d = grad_out.reshape(-1, grad_out.shape[-1]).contiguous()
+        need_wgrad = ctx.needs_input_grad[1]
+        gq, gq_t = state.grad_quantizer.quantize(g2d, with_transpose=need_wgrad)
+        dx = _gemm(gq, ctx.w_t, grad_out.dtype).reshape(ctx.x_shape) if ctx.needs_input_grad[0] else None
+        dw = None
+        if need_wgrad:
+            dw = accumulate_weight_grad(weight, _gemm(gq_t, ctx.xq_t, torch.float32), state.recipe.margin)
+        db = g2d.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        ctx.w_t = ctx.xq_t = None
+        return dx, dw, db, None
+
+
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, state: Fp8LinearState):
+    """Functional FP8 linear (see module docstring); ``state`` carries the layer's scaling state."""
+    return _Fp8LinearFunction.apply(x, weight, bias, state)
+
+
+class Fp8Linear(nn.Module):
+    """A stand-alone FP8 linear layer with a high-precision weight (the ``gemm`` mode).
+
+    The precision levels give ``weight`` other storage (FP16 + scale, FP8) and a ``main_grad``; the
+    function above handles all of them, this module is the simplest user.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 recipe: Fp8Recipe | None = None, device=None, dtype=torch.float32):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
+        nn.init.normal_(self.weight, std=0.02)
+        self.fp8_state = Fp8LinearState(recipe or Fp8Recipe(), device)
+
+    def forward(self, x):
+        return fp8_linear(x, self.weight, self.bias, self.fp8_state)

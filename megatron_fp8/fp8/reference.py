@@ -1,0 +1,166 @@
+"""Pure-torch reference of every csrc kernel: the oracle in tests and the fallback without the extension.
+
+Each function spells out the exact float32 operation order the C++/CUDA kernels follow, so results are
+bit-identical (the kernels are compiled without FMA contraction). Conventions shared by all kernels:
+
+- a *scaled* value is stored as ``cast(clamp(x * scale, -fmax, fmax))`` and read as ``stored * scale_inv``;
+  FP8 and FP16 storage is scaled, FP32 and BF16 storage is plain (scale 1, no clamp);
+- ``amax`` is ``max(|x|)`` over the values before scaling and propagates NaN;
+- new scales come from :func:`megatron_fp8.fp8.scaling.compute_scale_tensor` (power of two, previous
+  scale kept for an amax of 0, inf or NaN), and only ``scale_inv`` is kept beside the payload.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from .formats import dtype_max, is_scaled
+from .scaling import compute_scale_tensor
+
+
+def _f32(value: float) -> float:
+    """Round a Python float to the float32 the kernels receive."""
+    return float(torch.tensor(value, dtype=torch.float32))
+
+
+def amax(x: torch.Tensor) -> torch.Tensor:
+    """NaN-propagating max |x| as a 0-dim float32 tensor (0 for an empty tensor)."""
+    if x.numel() == 0:
+        return torch.zeros((), dtype=torch.float32, device=x.device)
+    return x.detach().float().abs().amax()
+
+
+def store(values: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Write float32 ``values`` into ``dtype`` storage: scaled and saturated for FP8/FP16, plain otherwise."""
+    if not is_scaled(dtype):
+        return values.to(dtype)
+    fmax = dtype_max(dtype)
+    return (values * scale).clamp(-fmax, fmax).to(dtype)
+
+
+def load(stored: torch.Tensor, scale_inv) -> torch.Tensor:
+    """Read storage back as float32 values (exact: scale_inv is a power of two)."""
+    values = stored.float()
+    return values * scale_inv if is_scaled(stored.dtype) else values
+
+
+def scale_cast_amax(x: torch.Tensor, scale: torch.Tensor, out_dtype: torch.dtype):
+    """Fused cast: ``(store(x, scale, out_dtype), amax(x))``."""
+    return store(x.float(), scale, out_dtype), amax(x)
+
+
+def cast_transpose_amax(x: torch.Tensor, scale: torch.Tensor, out_dtype: torch.dtype):
+    """Cast a 2-D tensor and its transpose in one pass: ``(out, out.t().contiguous(), amax)``."""
+    if x.dim() != 2:
+        raise ValueError(f"cast_transpose expects a 2-D tensor, got shape {tuple(x.shape)}")
+    out, x_amax = scale_cast_amax(x, scale, out_dtype)
+    return out, out.t().contiguous(), x_amax
+
+
+def fp8_accumulate(acc: torch.Tensor, acc_scale_inv: torch.Tensor, grad: torch.Tensor, margin: int = 0):
+    """``acc += grad`` for a scaled accumulator, requantized with a fresh scale; returns the new amax.
+
+    In place on ``acc`` and ``acc_scale_inv``. ``sum = load(acc) + float(grad)``; the new scale is the
+    current-scaling scale of ``amax(sum)``. A non-finite amax keeps the previous scale and is returned, so
+    the caller sees the overflow (the stored values saturate).
+    """
+    total = load(acc, acc_scale_inv) + grad.float().reshape(acc.shape)
+    total_amax = amax(total)
+    scale = compute_scale_tensor(total_amax, dtype_max(acc.dtype), margin, 1.0 / acc_scale_inv)
+    acc.copy_(store(total, scale, acc.dtype))
+    acc_scale_inv.copy_(1.0 / scale)
+    return total_amax
+
+
+def sum_shards(shards: torch.Tensor, scale_invs: torch.Tensor, out_dtype: torch.dtype,
+               factor: float = 1.0, margin: int = 0, prev_scale_inv=None):
+    """Sum N scaled shards (``shards[i] * scale_invs[i]``, i = 0..N-1 in order) in float32, times ``factor``.
+
+    Returns ``(out, out_scale_inv, amax)``; ``out`` is stored in ``out_dtype`` with a fresh scale (the
+    FP8 reduce-scatter of DESIGN §3). ``prev_scale_inv`` is kept when the amax is unusable (default 1).
+    """
+    total = torch.zeros(shards.shape[1:], dtype=torch.float32, device=shards.device)
+    for i in range(shards.shape[0]):
+        total = total + load(shards[i], scale_invs[i])
+    total = total * _f32(factor)
+    total_amax = amax(total)
+    previous = torch.ones((), device=shards.device) if prev_scale_inv is None else 1.0 / prev_scale_inv
+    scale = compute_scale_tensor(total_amax, dtype_max(out_dtype), margin, previous) \
+        if is_scaled(out_dtype) else torch.ones((), device=shards.device)
+    return store(total, scale, out_dtype), 1.0 / scale, total_amax
+
+
+@dataclass
+class AdamWHyper:
+    """Hyper-parameters of one AdamW step; ``grad_scale`` multiplies every gradient (e.g. the clip factor)."""
+
+    lr: float
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    step: int = 1
+    grad_scale: float = 1.0
+    margin: int = 0
+
+    def constants(self) -> dict:
+        """The float32 constants both implementations use, derived in double precision once per step."""
+        bc1 = 1.0 - self.beta1 ** self.step
+        bc2 = 1.0 - self.beta2 ** self.step
+        return {
+            "beta1": _f32(self.beta1), "one_minus_beta1": _f32(1.0 - self.beta1),
+            "beta2": _f32(self.beta2), "one_minus_beta2": _f32(1.0 - self.beta2),
+            "bc2_sqrt": _f32(bc2 ** 0.5), "step_size": _f32(self.lr / bc1),
+            "decay": _f32(1.0 - self.lr * self.weight_decay), "eps": _f32(self.eps),
+            "grad_scale": _f32(self.grad_scale),
+        }
+
+
+@dataclass
+class AdamWTensors:
+    """One parameter's state for :func:`adamw_step`. Each ``*_sinv`` is a 0-dim float32 scale_inv,
+    required for scaled storage (FP8/FP16) and ignored otherwise. ``weight`` is an optional extra copy of
+    the updated parameter (the FP8 model weight at O1-O3, BF16 at ``--bf16``) written with a fresh scale."""
+
+    master: torch.Tensor
+    grad: torch.Tensor
+    exp_avg: torch.Tensor
+    exp_avg_sq: torch.Tensor
+    master_sinv: torch.Tensor | None = None
+    grad_sinv: torch.Tensor | None = None
+    exp_avg_sinv: torch.Tensor | None = None
+    exp_avg_sq_sinv: torch.Tensor | None = None
+    weight: torch.Tensor | None = None
+    weight_sinv: torch.Tensor | None = None
+
+
+def adamw_math(t: AdamWTensors, c: dict):
+    """The element-wise AdamW update in float32, in the kernels' operation order: ``(master, m, v)``."""
+    g = load(t.grad, t.grad_sinv) * c["grad_scale"]
+    m = load(t.exp_avg, t.exp_avg_sinv) * c["beta1"] + g * c["one_minus_beta1"]
+    v = load(t.exp_avg_sq, t.exp_avg_sq_sinv) * c["beta2"] + (g * g) * c["one_minus_beta2"]
+    denom = torch.sqrt(v) / c["bc2_sqrt"] + c["eps"]
+    p = load(t.master, t.master_sinv) * c["decay"] - (m / denom) * c["step_size"]
+    return p, m, v
+
+
+def _restore(stored: torch.Tensor, sinv, values: torch.Tensor, margin: int) -> None:
+    """Write ``values`` back into ``stored`` in place, with a fresh scale for scaled storage."""
+    if is_scaled(stored.dtype):
+        scale = compute_scale_tensor(amax(values), dtype_max(stored.dtype), margin, 1.0 / sinv)
+        stored.copy_(store(values, scale, stored.dtype))
+        sinv.copy_(1.0 / scale)
+    else:
+        stored.copy_(values.to(stored.dtype))
+
+
+def adamw_step(tensors: list[AdamWTensors], hyper: AdamWHyper) -> None:
+    """One decoupled-weight-decay Adam step over many tensors, in place (the multi-tensor kernel)."""
+    c = hyper.constants()
+    for t in tensors:
+        p, m, v = adamw_math(t, c)
+        _restore(t.exp_avg, t.exp_avg_sinv, m, hyper.margin)
+        _restore(t.exp_avg_sq, t.exp_avg_sq_sinv, v, hyper.margin)
+        _restore(t.master, t.master_sinv, p, hyper.margin)
+        if t.weight is not None:
+            _restore(t.weight, t.weight_sinv, p, hyper.margin)
