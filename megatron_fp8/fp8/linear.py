@@ -79,12 +79,15 @@ class _Fp8LinearFunction(torch.autograd.Function):
         in_features = x.shape[-1]
         x2d = x.reshape(-1, in_features)
         w, w_t = state.weight_operands(weight)
-        need_wgrad = weight.requires_grad
+        need_wgrad = ctx.needs_input_grad[1]  # False under no_grad / for frozen weights
         xq, xq_t = state.input_quantizer.quantize(x2d, with_transpose=need_wgrad)
         out = _gemm(xq, w, x.dtype)
         if bias is not None:
             out = out + bias
-        ctx.state, ctx.w_t, ctx.xq_t, ctx.weight = state, w_t, xq_t, weight
+        # The FP8 transpose of x is the only activation kept; save_for_backward lets memory meters see it.
+        ctx.save_for_backward(*((xq_t.data, xq_t.scale_inv) if xq_t is not None else ()))
+        ctx.xq_t_kind = (type(xq_t), getattr(xq_t, "block", None))
+        ctx.state, ctx.w_t, ctx.weight = state, w_t, weight
         ctx.x_shape, ctx.has_bias = x.shape, bias is not None
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
@@ -97,10 +100,16 @@ class _Fp8LinearFunction(torch.autograd.Function):
         dx = _gemm(gq, ctx.w_t, grad_out.dtype).reshape(ctx.x_shape) if ctx.needs_input_grad[0] else None
         dw = None
         if need_wgrad:
-            dw = accumulate_weight_grad(weight, _gemm(gq_t, ctx.xq_t, torch.float32), state.recipe.margin)
+            dw = accumulate_weight_grad(weight, _gemm(gq_t, _saved_operand(ctx), torch.float32), state.recipe.margin)
         db = g2d.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        ctx.w_t = ctx.xq_t = None
+        ctx.w_t = None
         return dx, dw, db, None
+
+
+def _saved_operand(ctx):
+    data, scale_inv = ctx.saved_tensors
+    kind, block = ctx.xq_t_kind
+    return kind(data, scale_inv, block) if kind is BlockwiseFp8Tensor else kind(data, scale_inv)
 
 
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, state: Fp8LinearState):

@@ -1,0 +1,84 @@
+"""Column- and row-parallel linear layers (Megatron's split of a weight across the TP group).
+
+``ColumnParallelLinear`` holds output rows ``[out/tp, in]``; ``RowParallelLinear`` holds input
+columns ``[out, in/tp]``. The GEMM is the FP8 linear whenever the policy runs GEMMs in FP8, whatever the
+weight's storage (compute dtype at ``gemm``, FP16 + scale at O1/O2, FP8 at O3).
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import Config
+from ..fp8.linear import Fp8LinearState, fp8_linear
+from ..parallel.state import ParallelState
+from .weights import init_normal, make_parameter
+
+
+class _ParallelLinear(nn.Module):
+    partition_dim: int  # weight dim split across TP ranks
+
+    def __init__(self, in_features: int, out_features: int, config: Config, pstate: ParallelState, name: str,
+                 bias: bool = True, init_std: float | None = None, stacked: int = 1, device=None):
+        super().__init__()
+        policy = config.precision.policy
+        tp = pstate.tp_size
+        split = out_features if self.partition_dim == 0 else in_features
+        if split % tp:
+            raise ValueError(f"{name}: dimension {split} is not divisible by --tensor-model-parallel-size {tp}")
+        std = config.model.init_method_std if init_std is None else init_std
+        full = init_normal((out_features, in_features), std, config.training.seed, f"{name}.weight")
+        full = _interleave_for_tp(full, stacked, tp) if self.partition_dim == 0 else full
+        self.weight = make_parameter(full, policy=policy, fp8_eligible=True, device=device,
+                                     partition_dim=self.partition_dim, tp_rank=pstate.tp_rank, tp_size=tp)
+        self.bias = None
+        if bias:
+            bias_dim = 0 if self.partition_dim == 0 else None
+            self.bias = make_parameter(torch.zeros(out_features), policy=policy, fp8_eligible=False,
+                                       device=device, partition_dim=bias_dim, tp_rank=pstate.tp_rank,
+                                       tp_size=tp, no_weight_decay=True)
+        self.fp8_state = Fp8LinearState(config.precision.recipe, device) if policy.fp8_gemm else None
+        self.pstate = pstate
+
+    def _matmul(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self.fp8_state is not None:
+            return fp8_linear(x, self.weight, bias, self.fp8_state)
+        return F.linear(x, self.weight, bias)
+
+
+class ColumnParallelLinear(_ParallelLinear):
+    """``y_local = x @ W_local.T``: each TP rank produces its slice of the output features."""
+
+    partition_dim = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._matmul(x, self.bias)
+
+
+class RowParallelLinear(_ParallelLinear):
+    """``y = sum over TP ranks of x_local @ W_local.T``; the bias is added once, after the sum."""
+
+    partition_dim = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._matmul(x, None)
+        return out + self.bias if self.bias is not None else out
+
+
+def output_layer_std(config: Config) -> float:
+    """Megatron's scaled init for layers that write into the residual stream: std / sqrt(2 L)."""
+    return config.model.init_method_std / math.sqrt(2.0 * config.model.num_layers)
+
+
+def _interleave_for_tp(full: torch.Tensor, stacked: int, tp: int) -> torch.Tensor:
+    """Reorder rows so that splitting into ``tp`` chunks gives each rank its slice of every stacked block.
+
+    A weight made of ``stacked`` blocks (e.g. SwiGLU's gate and up projections) must be split block by
+    block: rank r holds ``[gate_r; up_r]``. Initialising the full blocks first keeps every layout equal.
+    """
+    if stacked == 1 or tp == 1:
+        return full
+    rows, cols = full.shape
+    return full.reshape(stacked, tp, rows // (stacked * tp), cols).transpose(0, 1).reshape(rows, cols)

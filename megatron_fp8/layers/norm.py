@@ -1,0 +1,25 @@
+"""LayerNorm and RMSNorm in the compute dtype (norms are never FP8, DESIGN §1)."""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import Config
+from .weights import make_parameter
+
+
+class Norm(nn.Module):
+    def __init__(self, hidden_size: int, config: Config, device=None):
+        super().__init__()
+        policy = config.precision.policy
+        self.kind, self.eps = config.model.normalization, config.model.layernorm_epsilon
+        self.weight = make_parameter(torch.ones(hidden_size), policy=policy, fp8_eligible=False, device=device,
+                                     no_weight_decay=True)
+        self.bias = make_parameter(torch.zeros(hidden_size), policy=policy, fp8_eligible=False, device=device,
+                                   no_weight_decay=True) if self.kind == "LayerNorm" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (x.shape[-1],)
+        if self.kind == "LayerNorm":
+            return F.layer_norm(x, shape, self.weight, self.bias, self.eps)
+        return F.rms_norm(x, shape, self.weight, self.eps)

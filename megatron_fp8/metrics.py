@@ -1,0 +1,122 @@
+"""What training reports: Megatron-style log lines, JSONL metrics, TensorBoard, memory and FLOP accounting.
+
+Memory is read from the real tensors (parameters, gradient buffers, optimizer states) and activations
+from the tensors autograd saves for backward, so the figures hold on CPU and GPU alike.
+"""
+
+import json
+import math
+import os
+import time
+from contextlib import contextmanager
+
+import torch
+
+from .config import ModelConfig
+
+MB = 1024 * 1024
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def weight_bytes(params) -> int:
+    """Parameter storage plus the scale each FP16/FP8 weight carries."""
+    return sum(_nbytes(p) + (4 if getattr(p, "scale_inv", None) is not None else 0) for p in params)
+
+
+class ActivationMeter:
+    """Bytes of tensors saved for backward during a forward pass (each storage counted once)."""
+
+    def __init__(self):
+        self.peak = 0
+
+    @contextmanager
+    def measure(self):
+        seen: dict[int, int] = {}
+
+        def pack(t):
+            if t.device.type != "meta":
+                storage = t.untyped_storage()
+                seen[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            yield
+        self.peak = max(self.peak, sum(seen.values()))
+
+
+def model_flops_per_iteration(m: ModelConfig, tokens: int) -> float:
+    """Forward + backward FLOPs of the GEMMs and attention for ``tokens`` tokens (3x the forward)."""
+    h, f, s = m.hidden_size, m.ffn_hidden_size, m.seq_length
+    per_layer = 2 * (4 * h * h + (3 if m.swiglu else 2) * h * f) + 4 * s * h
+    forward = tokens * (m.num_layers * per_layer + 2 * h * m.vocab_size)
+    return 3.0 * forward
+
+
+class MetricsLogger:
+    """Prints the log line, appends JSON records and writes TensorBoard scalars (on the logging rank)."""
+
+    def __init__(self, train_iters: int, log_json: str | None = None, tensorboard_dir: str | None = None,
+                 enabled: bool = True, printer=print):
+        self.train_iters, self.enabled, self.print = train_iters, enabled, printer
+        self.json_file = None
+        self.writer = None
+        if not enabled:
+            return
+        if log_json:
+            os.makedirs(os.path.dirname(os.path.abspath(log_json)), exist_ok=True)
+            self.json_file = open(log_json, "a", encoding="utf-8")
+        if tensorboard_dir:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as err:
+                raise RuntimeError("--tensorboard-dir needs the tensorboard package: "
+                                   "pip install 'megatron_fp8[tb]'") from err
+            self.writer = SummaryWriter(tensorboard_dir)
+
+    def log_iteration(self, rec: dict) -> None:
+        if not self.enabled:
+            return
+        mem = " ".join(f"{k}={v / MB:.2f}" for k, v in rec["mem"].items())
+        comm = " ".join(f"{k}={v / MB:.2f}" for k, v in rec.get("comm", {}).items()) or "none"
+        self.print(
+            f" [{time.strftime('%Y-%m-%d %H:%M:%S')}] iteration {rec['iteration']:8d}/{self.train_iters:8d} |"
+            f" consumed samples: {rec['consumed_samples']:12d} |"
+            f" elapsed time per iteration (ms): {rec['step_time_s'] * 1000:.1f} |"
+            f" throughput per GPU (TFLOP/s/GPU): {rec['tflops']:.4f} |"
+            f" tokens per second: {rec['tokens_per_sec']:.1f} |"
+            f" learning rate: {rec['lr']:.6E} | global batch size: {rec['global_batch_size']:5d} |"
+            f" lm loss: {rec['lm_loss']:.6E} | grad norm: {rec['grad_norm']:.3f} |"
+            f" number of skipped iterations: {rec['skipped_iterations']:3d} |"
+            f" number of nan iterations: {rec['nan_iterations']:3d} |"
+            f" mem (MB): {mem} | comm (MB): {comm} |")
+        if self.json_file:
+            self.json_file.write(json.dumps(rec) + "\n")
+            self.json_file.flush()
+        if self.writer:
+            step = rec["iteration"]
+            for key in ("lm_loss", "lr", "grad_norm", "tokens_per_sec", "step_time_s", "skipped_iterations"):
+                self.writer.add_scalar(key.replace("_", "-"), rec[key], step)
+            for key, value in rec["mem"].items():
+                self.writer.add_scalar(f"mem/{key}", value, step)
+
+    def log_eval(self, iteration: int, loss: float, split: str = "validation") -> None:
+        if not self.enabled:
+            return
+        ppl = math.exp(min(20.0, loss))
+        line = f" {split} loss at iteration {iteration} | lm loss value: {loss:.6E} | lm loss PPL: {ppl:.6E} | "
+        bar = "-" * (len(line) + 1)
+        self.print(f"{bar}\n{line}\n{bar}")
+        if self.json_file:
+            self.json_file.write(json.dumps({"iteration": iteration, f"{split}_lm_loss": loss}) + "\n")
+            self.json_file.flush()
+        if self.writer:
+            self.writer.add_scalar(f"{split}-lm-loss", loss, iteration)
+
+    def close(self) -> None:
+        if self.json_file:
+            self.json_file.close()
+        if self.writer:
+            self.writer.close()

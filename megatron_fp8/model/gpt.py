@@ -1,0 +1,75 @@
+"""GPTModel: embeddings on the first pipeline stage, transformer layers, output head and loss on the last.
+
+Inputs are ``tokens``/``labels`` [b, s]; hidden states flow as [s, b, h]. A middle or last stage of a
+pipeline receives its input hidden states through ``set_input_tensor`` (Megatron's convention).
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import Config
+from ..layers.cross_entropy import vocab_cross_entropy
+from ..layers.embedding import PositionEmbedding, VocabParallelEmbedding
+from ..layers.weights import init_normal, make_parameter
+from ..parallel.state import ParallelState
+from .rope import rope_tables
+from .transformer import TransformerBlock
+
+
+class GPTModel(nn.Module):
+    def __init__(self, config: Config, pstate: ParallelState, device=None):
+        super().__init__()
+        m = config.model
+        if m.vocab_size is None:
+            raise ValueError("model vocab size is unset: build the tokenizer first (it sets the padded size)")
+        self.config, self.pstate = config, pstate
+        self.pre_process, self.post_process = pstate.is_first_stage, pstate.is_last_stage
+        self.tied = not m.untie_embeddings_and_output_weights
+        self.input_tensor = None
+        if self.pre_process:
+            self.word_embeddings = VocabParallelEmbedding(m.vocab_size, m.hidden_size, config, pstate,
+                                                          "embedding.word_embeddings.weight", device)
+            self.position_embeddings = PositionEmbedding(m.max_position_embeddings, m.hidden_size, config,
+                                                         "embedding.position_embeddings.weight", device) \
+                if m.position_embedding_type == "learned_absolute" else None
+        self.decoder = TransformerBlock(config, pstate, device)
+        if self.post_process and (not self.tied or not self.pre_process):
+            # untied head, or the last stage's copy of the tied embedding (kept in sync across stages)
+            name = "output_layer.weight" if not self.tied else "embedding.word_embeddings.weight"
+            full = init_normal((m.vocab_size, m.hidden_size), m.init_method_std, config.training.seed, name)
+            self.output_weight = make_parameter(full, policy=config.precision.policy, fp8_eligible=False,
+                                                device=device, partition_dim=0, tp_rank=pstate.tp_rank,
+                                                tp_size=pstate.tp_size)
+            self.output_weight.shared_embedding = self.tied
+        self.rope = None
+        if m.position_embedding_type == "rope":
+            cos, sin = rope_tables(m.seq_length, m.head_dim, m.rotary_base, device, config.precision.policy.compute)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+
+    def set_input_tensor(self, tensor: torch.Tensor | None) -> None:
+        self.input_tensor = tensor
+
+    def head_weight(self) -> torch.Tensor:
+        return self.word_embeddings.weight if (self.tied and self.pre_process) else self.output_weight
+
+    def embed(self, tokens: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        h = self.word_embeddings(tokens)
+        if self.position_embeddings is not None:
+            h = h + self.position_embeddings(position_ids)
+        h = h.transpose(0, 1).contiguous()  # [s, b, h]
+        return F.dropout(h, self.config.model.hidden_dropout, self.training)
+
+    def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor, labels: torch.Tensor | None = None):
+        """Per-token loss [b, s] (with ``labels``), logits [b, s, V_local] (without), or the hidden states
+        [s, b, h] this stage hands to the next."""
+        h = self.embed(tokens, position_ids) if self.pre_process else self.input_tensor
+        rope = (self.rope_cos, self.rope_sin) if hasattr(self, "rope_cos") else None
+        h = self.decoder(h, rope)
+        if not self.post_process:
+            return h
+        logits = F.linear(h, self.head_weight())
+        if labels is None:
+            return logits.transpose(0, 1)
+        return vocab_cross_entropy(logits, labels.transpose(0, 1)).transpose(0, 1)

@@ -1,0 +1,1 @@
+"""Gradient buffers, the FP8-aware AdamW, gradient clipping and the learning-rate schedule."""

@@ -1,0 +1,128 @@
+"""AdamW over FP8/FP16-with-scale master weights and moments, on the fused multi-tensor kernel.
+
+Per parameter the precision policy decides the storage of the master weight (the parameter itself
+when its storage is the master, else a separate copy), of exp_avg and of exp_avg_sq. One kernel call
+per weight-decay group updates every tensor, requantizes each state with a fresh current scale, and
+writes the new model weight where the master is separate (FP8 weights at O3, BF16 with ``--bf16``).
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from ..config import PrecisionPolicy
+from ..fp8 import kernels
+from ..fp8.formats import is_scaled
+from ..fp8.tensor import Fp8Tensor
+from ..layers.weights import real_value
+
+
+@dataclass
+class AdamWSettings:
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    margin: int = 0
+
+
+def _scaled_zeros(shape, dtype, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    sinv = torch.ones((), dtype=torch.float32, device=device) if is_scaled(dtype) else None
+    return torch.zeros(shape, dtype=dtype, device=device), sinv
+
+
+def _stored_copy(values: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if is_scaled(dtype):
+        q = Fp8Tensor.quantize_current(values, dtype)
+        return q.data, q.scale_inv
+    return values.to(dtype), None
+
+
+class ParamState:
+    """One parameter's optimizer state: separate master (or None), moments, and their scale_invs."""
+
+    STATE_NAMES = ("master", "master_sinv", "exp_avg", "exp_avg_sinv", "exp_avg_sq", "exp_avg_sq_sinv")
+
+    def __init__(self, param: nn.Parameter, policy: PrecisionPolicy):
+        eligible = getattr(param, "fp8_eligible", False)
+        master_dtype = policy.master if eligible else (None if param.dtype == torch.float32 else torch.float32)
+        self.master, self.master_sinv = (_stored_copy(real_value(param), master_dtype)
+                                         if master_dtype is not None else (None, None))
+        self.exp_avg, self.exp_avg_sinv = _scaled_zeros(param.shape, policy.exp_avg if eligible else torch.float32,
+                                                        param.device)
+        self.exp_avg_sq, self.exp_avg_sq_sinv = _scaled_zeros(
+            param.shape, policy.exp_avg_sq if eligible else torch.float32, param.device)
+
+    def kernel_tensors(self, param: nn.Parameter) -> kernels.AdamWTensors:
+        grad = param.main_grad
+        grad_data, grad_sinv = (grad.data, grad.scale_inv) if isinstance(grad, Fp8Tensor) else (grad, None)
+        weight, weight_sinv = param.detach(), getattr(param, "scale_inv", None)
+        common = dict(grad=grad_data, grad_sinv=grad_sinv, exp_avg=self.exp_avg, exp_avg_sinv=self.exp_avg_sinv,
+                      exp_avg_sq=self.exp_avg_sq, exp_avg_sq_sinv=self.exp_avg_sq_sinv)
+        if self.master is None:
+            return kernels.AdamWTensors(master=weight, master_sinv=weight_sinv, **common)
+        return kernels.AdamWTensors(master=self.master, master_sinv=self.master_sinv, weight=weight,
+                                    weight_sinv=weight_sinv, **common)
+
+    def tensors(self) -> dict:
+        return {k: getattr(self, k) for k in self.STATE_NAMES if getattr(self, k) is not None}
+
+    def nbytes(self) -> dict:
+        def size(t):
+            return 0 if t is None else t.numel() * t.element_size()
+        return {"master": size(self.master) + size(self.master_sinv),
+                "exp_avg": size(self.exp_avg) + size(self.exp_avg_sinv),
+                "exp_avg_sq": size(self.exp_avg_sq) + size(self.exp_avg_sq_sinv)}
+
+
+class Fp8AdamW:
+    """AdamW with decoupled weight decay (skipped for parameters marked ``no_weight_decay``)."""
+
+    def __init__(self, named_params: list[tuple[str, nn.Parameter]], policy: PrecisionPolicy,
+                 settings: AdamWSettings):
+        self.named_params, self.settings = named_params, settings
+        self.state = {name: ParamState(p, policy) for name, p in named_params}
+        self.step_count = 0
+
+    def step(self, lr: float, grad_scale: float = 1.0) -> None:
+        """Apply one update with every gradient multiplied by ``grad_scale`` (the clip coefficient)."""
+        self.step_count += 1
+        s = self.settings
+        groups = {True: [], False: []}
+        for name, p in self.named_params:
+            groups[not getattr(p, "no_weight_decay", False)].append((name, p))
+        for decays, group in groups.items():
+            if not group:
+                continue
+            decay = s.weight_decay if decays else 0.0
+            hyper = kernels.AdamWHyper(lr=lr, beta1=s.beta1, beta2=s.beta2, eps=s.eps, weight_decay=decay,
+                                       step=self.step_count, grad_scale=grad_scale, margin=s.margin)
+            kernels.adamw_step([self.state[n].kernel_tensors(p) for n, p in group], hyper)
+            for _, p in group:
+                torch.autograd.graph.increment_version(p)  # the C++ kernel wrote through a raw pointer
+
+    def nbytes(self) -> dict:
+        total = {"master": 0, "exp_avg": 0, "exp_avg_sq": 0}
+        for st in self.state.values():
+            for k, v in st.nbytes().items():
+                total[k] += v
+        return total
+
+    def state_dict(self) -> dict:
+        return {"step": self.step_count, "settings": vars(self.settings).copy(),
+                "params": {n: {k: v.clone() for k, v in st.tensors().items()} for n, st in self.state.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        missing = set(self.state) - set(state["params"])
+        if missing:
+            raise ValueError(f"optimizer state has no entry for parameter(s) {sorted(missing)[:3]}")
+        for name, st in self.state.items():
+            saved = state["params"][name]
+            for key, tensor in st.tensors().items():
+                if key not in saved or saved[key].dtype != tensor.dtype or saved[key].shape != tensor.shape:
+                    got = (saved[key].dtype, tuple(saved[key].shape)) if key in saved else "nothing"
+                    raise ValueError(f"optimizer state {name}.{key}: expected {tensor.dtype} "
+                                     f"{tuple(tensor.shape)}, checkpoint has {got}")
+                tensor.copy_(saved[key])
+        self.step_count = int(state["step"])

@@ -1,0 +1,3 @@
+"""Process groups, counted collectives and the tensor/sequence-parallel autograd mappings."""
+
+from .state import ParallelState, single_process  # noqa: F401

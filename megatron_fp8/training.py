@@ -1,0 +1,205 @@
+"""The training loop: build everything from one Config, then step, log, evaluate and save.
+
+``Trainer`` owns the model, gradient buffers, optimizer and progress counters; ``pretrain`` drives it
+the way Megatron's ``pretrain`` does (train until ``--train-iters``, evaluate every ``--eval-interval``,
+save every ``--save-interval`` and at the end).
+"""
+
+import math
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import batches
+from .checkpoint.local import load_checkpoint, load_model_state, model_state, save_checkpoint
+from .config import Config
+from .data import build_tokenizer, build_train_valid_test_datasets, resolve_default_corpus
+from .layers.embedding import padded_vocab_size
+from .metrics import ActivationMeter, MetricsLogger, model_flops_per_iteration, weight_bytes
+from .model import GPTModel
+from .optim.adamw import AdamWSettings, Fp8AdamW
+from .optim.clip import clip_coefficient, grad_norm_and_overflow
+from .optim.grad_buffer import GradBuffers
+from .optim.lr_scheduler import LRScheduler
+from .parallel.state import ParallelState, single_process
+from .pipeline.schedules import forward_backward_no_pipelining
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Progress:
+    iteration: int = 0
+    consumed_samples: int = 0
+    skipped_iterations: int = 0
+    nan_iterations: int = 0
+
+
+@dataclass
+class StepResult:
+    loss: float
+    grad_norm: float
+    skipped: bool
+
+
+class Trainer:
+    def __init__(self, config: Config, pstate: ParallelState | None = None, device=None):
+        self.config, self.pstate = config, pstate or single_process()
+        self.device = device or default_device()
+        self.policy = config.precision.policy
+        set_seed(config.training.seed)
+        self.model = GPTModel(config, self.pstate, self.device)
+        self.params = [p for p in self.model.parameters()]
+        self.grads = GradBuffers(self.params, self.policy, config.precision.recipe.margin)
+        t = config.training
+        self.optimizer = Fp8AdamW(list(self.model.named_parameters()), self.policy,
+                                  AdamWSettings(t.adam_beta1, t.adam_beta2, t.adam_eps, t.weight_decay,
+                                                config.precision.recipe.margin))
+        self.scheduler = LRScheduler(t)
+        self.progress = Progress()
+        self.activations = ActivationMeter()
+
+    # ---- one iteration ----------------------------------------------------------------------------
+    def train_step(self, micro_batches: list[dict], lr: float) -> StepResult:
+        """Forward/backward over the micro-batches, then one optimizer step unless a gradient overflowed."""
+        self.model.train()
+        self.grads.zero()
+        losses = forward_backward_no_pipelining(self.model, micro_batches, self.activations)
+        norm_t, bad_t = grad_norm_and_overflow(self.params)
+        norm, bad = float(norm_t), bool(bad_t)
+        if bad:
+            self.progress.skipped_iterations += 1
+            self.progress.nan_iterations += int(math.isnan(norm))
+        else:
+            self.optimizer.step(lr, clip_coefficient(norm, self.config.training.clip_grad))
+        return StepResult(float(torch.stack(losses).mean()), norm, bad)
+
+    @torch.no_grad()
+    def evaluate(self, dataset, iters: int) -> float:
+        self.model.eval()
+        t = self.config.training
+        losses = []
+        for k in range(iters):
+            mbs = batches.global_batch(dataset, k * t.global_batch_size, t.global_batch_size, t.micro_batch_size,
+                                       self.pstate.dp_rank, self.pstate.dp_size, self.device)
+            losses += forward_backward_no_pipelining(self.model, mbs, forward_only=True)
+        return float(torch.stack(losses).mean())
+
+    # ---- accounting and state ---------------------------------------------------------------------
+    def memory(self) -> dict:
+        opt = self.optimizer.nbytes()
+        return {"weights": weight_bytes(self.params), "grads": self.grads.nbytes(), "master": opt["master"],
+                "exp_avg": opt["exp_avg"], "exp_avg_sq": opt["exp_avg_sq"],
+                "activations_peak": self.activations.peak}
+
+    def state(self) -> dict:
+        return {"model": model_state(self.model), "optimizer": self.optimizer.state_dict(),
+                "progress": vars(self.progress).copy(), "scheduler": self.scheduler.state_dict()}
+
+    def save(self, root: str) -> str:
+        return save_checkpoint(root, self.progress.iteration, self.state(), self.config)
+
+    def load(self, root: str) -> bool:
+        payload = load_checkpoint(root, self.config)
+        if payload is None:
+            return False
+        load_model_state(self.model, payload["model"], root)
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.progress = Progress(**payload["progress"])
+        return True
+
+
+def build_data(config: Config, pstate: ParallelState, printer=print):
+    """Tokenizer and train/valid/test datasets; sets the padded vocabulary size on the model config."""
+    data_cfg = resolve_default_corpus(config.data, rank=0)
+    config.data = data_cfg
+    tokenizer = build_tokenizer(data_cfg)
+    m, t = config.model, config.training
+    m.vocab_size = padded_vocab_size(tokenizer.vocab_size, m.make_vocab_size_divisible_by, pstate.tp_size)
+    printer(f" > padded vocab (size: {tokenizer.vocab_size}) with {m.vocab_size - tokenizer.vocab_size} dummy "
+            f"tokens (new size: {m.vocab_size})")
+    evals = (t.train_iters // t.eval_interval + 1) * t.eval_iters * t.global_batch_size
+    datasets = build_train_valid_test_datasets(data_cfg, tokenizer, t.train_iters * t.global_batch_size, evals,
+                                               t.eval_iters * t.global_batch_size, rank=0)
+    return tokenizer, datasets
+
+
+def print_startup(trainer: Trainer, printer) -> None:
+    policy, cfg = trainer.policy, trainer.config
+    total = sum(p.numel() for p in trainer.params)
+    eligible = sum(p.numel() for p in trainer.params if p.fp8_eligible)
+    printer(f" > number of parameters: {total} ({eligible} FP8-eligible in linear layers)")
+    printer(f" > precision: --fp8-level {cfg.precision.fp8_level} | compute {policy.compute} | weight "
+            f"{policy.weight} | grad {policy.grad} | master {policy.master or 'weight'} | exp_avg {policy.exp_avg} | "
+            f"exp_avg_sq {policy.exp_avg_sq} | grad reduce {policy.grad_reduce} | recipe "
+            f"{cfg.precision.recipe.recipe}/{cfg.precision.recipe.format}")
+    printer(f" > theoretical model-state bytes per FP8-eligible parameter: "
+            f"{policy.eligible_bytes_per_param(trainer.pstate.dp_size, cfg.parallel.use_distributed_optimizer):g}")
+
+
+def pretrain(config: Config, printer=print) -> dict:
+    """Train as the flags say; returns a summary (final losses, iterations) for scripts and tests."""
+    pstate = single_process()
+    t = config.training
+    _, (train_ds, valid_ds, test_ds) = build_data(config, pstate, printer)
+    trainer = Trainer(config, pstate)
+    if t.load and trainer.load(t.load):
+        printer(f" > loaded checkpoint from {t.load} at iteration {trainer.progress.iteration}")
+    print_startup(trainer, printer)
+    logger = MetricsLogger(t.train_iters, t.log_json, t.tensorboard_dir, printer=printer)
+    summary = {"train_losses": [], "valid_loss": None}
+    tokens_per_iter = t.global_batch_size * config.model.seq_length
+    flops = model_flops_per_iteration(config.model, tokens_per_iter)
+    window = []
+    try:
+        while trainer.progress.iteration < t.train_iters:
+            p = trainer.progress
+            p.iteration += 1
+            lr = trainer.scheduler.lr(p.iteration)
+            start = time.perf_counter()
+            mbs = batches.global_batch(train_ds, p.consumed_samples, t.global_batch_size, t.micro_batch_size,
+                                       pstate.dp_rank, pstate.dp_size, trainer.device)
+            result = trainer.train_step(mbs, lr)
+            elapsed = time.perf_counter() - start
+            p.consumed_samples += t.global_batch_size
+            window.append((result, elapsed))
+            summary["train_losses"].append(result.loss)
+            if p.iteration % t.log_interval == 0 or p.iteration == t.train_iters:
+                step_time = sum(e for _, e in window) / len(window)
+                logger.log_iteration({
+                    "iteration": p.iteration, "consumed_samples": p.consumed_samples, "lr": lr,
+                    "global_batch_size": t.global_batch_size,
+                    "lm_loss": sum(r.loss for r, _ in window) / len(window), "grad_norm": window[-1][0].grad_norm,
+                    "skipped_iterations": p.skipped_iterations, "nan_iterations": p.nan_iterations,
+                    "step_time_s": step_time, "tokens_per_sec": tokens_per_iter / step_time,
+                    "tflops": flops / step_time / 1e12, "mem": trainer.memory(), "comm": {}})
+                window = []
+            if valid_ds is not None and t.eval_iters and p.iteration % t.eval_interval == 0:
+                summary["valid_loss"] = trainer.evaluate(valid_ds, t.eval_iters)
+                logger.log_eval(p.iteration, summary["valid_loss"])
+            if t.save and t.save_interval and p.iteration % t.save_interval == 0:
+                printer(f" > saved checkpoint to {trainer.save(t.save)}")
+            if t.exit_interval and p.iteration % t.exit_interval == 0:
+                printer(f" > exiting at iteration {p.iteration} (--exit-interval)")
+                break
+        if valid_ds is not None and t.eval_iters and trainer.progress.iteration % t.eval_interval:
+            summary["valid_loss"] = trainer.evaluate(valid_ds, t.eval_iters)
+            logger.log_eval(trainer.progress.iteration, summary["valid_loss"])
+        if t.save and not (t.save_interval and trainer.progress.iteration % t.save_interval == 0):
+            printer(f" > saved checkpoint to {trainer.save(t.save)}")
+    finally:
+        logger.close()
+    summary.update(iterations=trainer.progress.iteration, skipped=trainer.progress.skipped_iterations,
+                   memory=trainer.memory())
+    return summary
