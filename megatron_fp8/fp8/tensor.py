@@ -46,9 +46,13 @@ class Fp8Tensor:
 
     @classmethod
     def zeros(cls, shape, dtype: torch.dtype, device=None) -> "Fp8Tensor":
-        one = torch.ones((), dtype=torch.float32, device=device)
-        return cls(torch.zeros(shape, dtype=dtype, device=device), one,
-                   torch.zeros((), dtype=torch.float32, device=device))
+        return cls.zeros_like_view(torch.zeros(shape, dtype=dtype, device=device))
+
+    @classmethod
+    def zeros_like_view(cls, view: torch.Tensor) -> "Fp8Tensor":
+        """Wrap a zeroed FP8 tensor (e.g. a view of a larger buffer) with a scale and amax of its own."""
+        one = torch.ones((), dtype=torch.float32, device=view.device)
+        return cls(view, one, torch.zeros((), dtype=torch.float32, device=view.device))
 
     @classmethod
     def from_uint8(cls, payload: torch.Tensor, dtype: torch.dtype, scale_inv: torch.Tensor) -> "Fp8Tensor":
