@@ -69,17 +69,25 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+TOKENIZER_FIELDS = ("tokenizer_type", "tokenizer_model", "vocab_file", "merge_file", "vocab_size")
+
+
 def config_summary(config: Config) -> dict:
-    return {"model": {k: getattr(config.model, k) for k in MODEL_FIELDS},
-            "precision": {k: getattr(config.precision, k) for k in PRECISION_FIELDS},
-            "parallel": asdict(config.parallel)}
+    """What a checkpoint records of its run: enough to check a resume and to rebuild the model alone."""
+    data = config.data
+    return {"model": asdict(config.model),
+            "precision": {**{k: getattr(config.precision, k) for k in PRECISION_FIELDS},
+                          "recipe": asdict(config.precision.recipe)},
+            "parallel": asdict(config.parallel),
+            "tokenizer": {k: getattr(data, k, None) for k in TOKENIZER_FIELDS} if data is not None else {}}
 
 
 def check_config(saved: dict, config: Config, source: str) -> None:
     """Fail with the first field where the checkpoint and the current flags disagree."""
     current = config_summary(config)
-    for section in ("model", "precision"):
-        for key, value in current[section].items():
+    for section, keys in (("model", MODEL_FIELDS), ("precision", PRECISION_FIELDS)):
+        for key in keys:
+            value = current[section][key]
             if saved[section].get(key) != value:
                 flag = "--" + key.replace("_", "-")
                 raise ValueError(f"{source}: checkpoint was saved with {flag}={saved[section].get(key)!r}, "

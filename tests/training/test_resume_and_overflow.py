@@ -1,0 +1,115 @@
+"""Checkpoint resume is bit-identical; an inf/NaN gradient skips exactly its step; bad checkpoints fail clearly."""
+
+import os
+
+import pytest
+import torch
+
+from megatron_fp8.checkpoint.atomic import TRACKER, iteration_dir
+from megatron_fp8.training import Trainer
+
+from .conftest import run_steps, tiny_config
+
+
+@pytest.mark.parametrize("level", ["off", "O2", "O3"])
+def test_resume_gives_bit_identical_losses(tmp_path, dataset, level):
+    straight = Trainer(tiny_config(level))
+    reference = run_steps(straight, dataset, 12)
+
+    first = Trainer(tiny_config(level))
+    run_steps(first, dataset, 6)
+    first.save(str(tmp_path))
+    resumed = Trainer(tiny_config(level))
+    assert resumed.load(str(tmp_path)) and resumed.progress.iteration == 6
+    assert run_steps(resumed, dataset, 6) == reference[6:]
+
+
+def test_resume_with_dropout_restores_rng(tmp_path, dataset):
+    def make():
+        config = tiny_config("O2")
+        config.model.hidden_dropout = config.model.attention_dropout = 0.1
+        return Trainer(config)
+
+    reference = run_steps(make(), dataset, 8)
+    first = make()
+    run_steps(first, dataset, 4)
+    first.save(str(tmp_path))
+    torch.manual_seed(999)  # disturb the RNG: the checkpoint must restore it
+    resumed = make()
+    resumed.load(str(tmp_path))
+    assert run_steps(resumed, dataset, 4) == reference[4:]
+
+
+@pytest.mark.parametrize("level", ["off", "O2"])
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_overflow_skips_exactly_that_step(dataset, level, bad):
+    trainer = Trainer(tiny_config(level))
+    run_steps(trainer, dataset, 2)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    hidden = trainer.model.decoder.layers[0].mlp.linear_fc2
+    hook = hidden.register_full_backward_pre_hook(lambda mod, g: (torch.full_like(g[0], bad),))
+    run_steps(trainer, dataset, 1)
+    hook.remove()
+    assert trainer.progress.skipped_iterations == 1
+    assert trainer.progress.nan_iterations <= 1  # inf x 0 inside the backward may turn inf into NaN
+    for n, p in trainer.model.named_parameters():
+        assert torch.equal(p.detach(), before[n]), f"{n} changed on a skipped step"
+    losses = run_steps(trainer, dataset, 3)
+    assert trainer.progress.skipped_iterations == 1 and all(torch.isfinite(torch.tensor(losses)))
+    assert any(not torch.equal(p.detach(), before[n]) for n, p in trainer.model.named_parameters())
+
+
+def test_load_from_empty_dir_starts_fresh(tmp_path):
+    assert Trainer(tiny_config()).load(str(tmp_path)) is False
+
+
+def saved(tmp_path, dataset, level="O2"):
+    trainer = Trainer(tiny_config(level))
+    run_steps(trainer, dataset, 2)
+    trainer.save(str(tmp_path))
+    return os.path.join(iteration_dir(str(tmp_path), 2), "mp_rank_00", "model_optim_rng.pt")
+
+
+def test_config_mismatch_names_the_flag(tmp_path, dataset):
+    saved(tmp_path, dataset)
+    other = tiny_config()
+    other.model.num_layers = 4
+    with pytest.raises(ValueError, match="--num-layers=2.*--num-layers=4"):
+        Trainer(other).load(str(tmp_path))
+    with pytest.raises(ValueError, match="--fp8-level='O2'.*--fp8-level='O1'"):
+        Trainer(tiny_config("O1")).load(str(tmp_path))
+
+
+def test_truncated_checkpoint_names_the_file(tmp_path, dataset):
+    path = saved(tmp_path, dataset)
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="model_optim_rng.pt: cannot read checkpoint"):
+        Trainer(tiny_config()).load(str(tmp_path))
+
+
+def test_tracker_pointing_nowhere_and_garbage_tracker(tmp_path, dataset):
+    saved(tmp_path, dataset)
+    (tmp_path / TRACKER).write_text("7\n")
+    with pytest.raises(FileNotFoundError, match="iteration 7"):
+        Trainer(tiny_config()).load(str(tmp_path))
+    (tmp_path / TRACKER).write_text("latest\n")
+    with pytest.raises(ValueError, match=TRACKER):
+        Trainer(tiny_config()).load(str(tmp_path))
+
+
+def test_crash_during_save_keeps_previous_checkpoint(tmp_path, dataset, monkeypatch):
+    saved(tmp_path, dataset)
+    trainer = Trainer(tiny_config())
+    run_steps(trainer, dataset, 3)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("megatron_fp8.checkpoint.local.publish", crash)
+    with pytest.raises(OSError):
+        trainer.save(str(tmp_path))
+    monkeypatch.undo()
+    assert (tmp_path / TRACKER).read_text().strip() == "2"
+    fresh = Trainer(tiny_config())
+    assert fresh.load(str(tmp_path)) and fresh.progress.iteration == 2

@@ -1,0 +1,81 @@
+"""Sample text from a megatron_fp8 checkpoint (temperature and top-k), to see what a model learned.
+
+    python tools/generate.py --load checkpoints/gpt_default --prompt "def " --max-new-tokens 120
+
+The model shape, precision level and tokenizer are read from the checkpoint itself.
+"""
+
+import argparse
+import os
+import sys
+from types import SimpleNamespace
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from megatron_fp8.checkpoint.atomic import iteration_dir, read_tracker  # noqa: E402
+from megatron_fp8.checkpoint.local import SHARD, TOKENIZER_FIELDS, load_model_state  # noqa: E402
+from megatron_fp8.config import Config, ModelConfig, PrecisionConfig  # noqa: E402
+from megatron_fp8.data import build_tokenizer  # noqa: E402
+from megatron_fp8.fp8.scaling import Fp8Recipe  # noqa: E402
+from megatron_fp8.model import GPTModel  # noqa: E402
+from megatron_fp8.parallel.state import single_process  # noqa: E402
+
+
+def load_for_inference(root: str):
+    """Rebuild the model and tokenizer that a checkpoint under ``root`` was trained with."""
+    iteration = read_tracker(root)
+    if iteration is None:
+        raise FileNotFoundError(f"{root}: no latest_checkpointed_iteration.txt (not a checkpoint directory)")
+    path = os.path.join(iteration_dir(root, iteration), SHARD)
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    saved = payload["config"]
+    precision = dict(saved["precision"])
+    recipe = Fp8Recipe(**precision.pop("recipe"))
+    config = Config(model=ModelConfig(**saved["model"]), precision=PrecisionConfig(recipe=recipe, **precision))
+    tokenizer = build_tokenizer(SimpleNamespace(**{k: saved["tokenizer"].get(k) for k in TOKENIZER_FIELDS}))
+    model = GPTModel(config, single_process())
+    load_model_state(model, payload["model"], path)
+    return model.eval(), tokenizer, config
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompt: str, max_new_tokens: int, temperature: float, top_k: int,
+             seq_length: int, seed: int) -> str:
+    generator = torch.Generator().manual_seed(seed)
+    tokens = tokenizer.tokenize(prompt) or [tokenizer.eod]
+    for _ in range(max_new_tokens):
+        context = torch.tensor([tokens[-seq_length:]])
+        positions = torch.arange(context.shape[1]).unsqueeze(0)
+        logits = model(context, positions)[0, -1, : tokenizer.vocab_size].float()
+        if temperature <= 0:
+            nxt = int(logits.argmax())
+        else:
+            logits = logits / temperature
+            if top_k > 0:
+                kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            nxt = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=generator))
+        if nxt == tokenizer.eod:
+            break
+        tokens.append(nxt)
+    return tokenizer.detokenize(tokens)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--load", required=True, help="checkpoint directory (holds latest_checkpointed_iteration.txt)")
+    parser.add_argument("--prompt", default="")
+    parser.add_argument("--max-new-tokens", type=int, default=100)
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    parser.add_argument("--top-k", type=int, default=40, help="0 = no top-k filtering")
+    parser.add_argument("--seed", type=int, default=1234)
+    args = parser.parse_args(argv)
+    model, tokenizer, config = load_for_inference(args.load)
+    print(generate(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
+                   config.model.seq_length, args.seed))
+
+
+if __name__ == "__main__":
+    main()
