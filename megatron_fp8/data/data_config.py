@@ -1,0 +1,138 @@
+"""The data pipeline's one config object, with fields named after Megatron's flags and validated once."""
+
+import math
+import os
+from dataclasses import dataclass
+
+from megatron_fp8.data.tokenizer import TOKENIZER_TYPES
+
+MOCK_DEFAULT_VOCAB_SIZE = 8192
+
+
+def _as_float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def parse_blend(entries: list[str]) -> tuple[list[str], list[float] | None]:
+    """`--data-path a` / `a b` (weights by size) / `0.7 a 0.3 b` -> (prefixes, weights or None)."""
+    if not entries:
+        raise ValueError("--data-path: needs at least one dataset prefix")
+    if _as_float(entries[0]) is None:
+        numeric = [e for e in entries if _as_float(e) is not None and not os.path.exists(e + ".idx")]
+        if numeric:
+            raise ValueError(f"--data-path: weights and prefixes must alternate (found weight {numeric[0]} "
+                             "after an unweighted prefix)")
+        return list(entries), None
+    if len(entries) % 2:
+        raise ValueError("--data-path: weights and prefixes must alternate (odd number of entries)")
+    weights, prefixes = [], []
+    for weight, prefix in zip(entries[::2], entries[1::2]):
+        value = _as_float(weight)
+        if value is None:
+            raise ValueError(f"--data-path: weights and prefixes must alternate ({weight!r} is not a weight)")
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"--data-path: weight {weight} of {prefix} must be finite and non-negative")
+        weights.append(value)
+        prefixes.append(prefix)
+    if sum(weights) <= 0:
+        raise ValueError("--data-path: the weights sum to zero")
+    return prefixes, weights
+
+
+def parse_split(split: str) -> tuple[float, float, float]:
+    """`949,50,1` or `98/2/0` (missing parts are 0) -> normalised train/valid/test fractions."""
+    parts = [p for p in split.replace("/", ",").split(",")]
+    values = [_as_float(p.strip()) for p in parts]
+    if not 1 <= len(values) <= 3 or any(v is None or not math.isfinite(v) or v < 0 for v in values):
+        raise ValueError(f"--split: expected up to three non-negative numbers like 949,50,1, got {split!r}")
+    values += [0.0] * (3 - len(values))
+    total = sum(values)
+    if total <= 0:
+        raise ValueError(f"--split: the parts of {split!r} sum to zero")
+    return tuple(v / total for v in values)
+
+
+def check_tokenizer_flags(cfg) -> None:
+    """Check the tokenizer fields of any object that has them (DataConfig, the preprocessing tool's args)."""
+    kind = cfg.tokenizer_type
+    if kind not in TOKENIZER_TYPES:
+        raise ValueError(f"--tokenizer-type: {kind!r} is not one of {', '.join(TOKENIZER_TYPES)}")
+    needed = {"GPT2BPETokenizer": ("vocab_file", "merge_file"), "SentencePieceTokenizer": ("tokenizer_model",),
+              "HuggingFaceTokenizer": ("tokenizer_model",), "NullTokenizer": ("vocab_size",)}[kind]
+    for field in needed:
+        flag = "--" + field.replace("_", "-")
+        value = getattr(cfg, field)
+        if value is None:
+            raise ValueError(f"{flag}: required by --tokenizer-type {kind}")
+        if field == "vocab_size":
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{flag}: must be a positive integer, got {value!r}")
+        elif not os.path.exists(value):
+            raise ValueError(f"{flag}: no such file: {value}")
+
+
+@dataclass
+class DataConfig:
+    """What to read and how to tokenize it. No data flags and no --mock-data means the default corpus."""
+
+    data_path: list[str] | None = None
+    split: str = "949,50,1"
+    seq_length: int = 1024
+    seed: int = 1234
+    data_cache_path: str | None = None
+    mock_data: bool = False
+    tokenizer_type: str | None = None
+    vocab_file: str | None = None
+    merge_file: str | None = None
+    tokenizer_model: str | None = None
+    vocab_size: int | None = None
+    num_workers: int = 2
+
+    def __post_init__(self):
+        if isinstance(self.data_path, str):
+            self.data_path = self.data_path.split()
+        if self.data_path is not None and len(self.data_path) == 0:
+            self.data_path = None
+        parse_split(self.split)
+        if not isinstance(self.seq_length, int) or self.seq_length < 1:
+            raise ValueError(f"--seq-length: must be a positive integer, got {self.seq_length!r}")
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2 ** 32:
+            raise ValueError(f"--seed: must be an integer in [0, 2**32), got {self.seed!r}")
+        if not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise ValueError(f"--num-workers: must be a non-negative integer, got {self.num_workers!r}")
+        if self.mock_data and self.data_path:
+            raise ValueError("--mock-data: cannot be combined with --data-path")
+        if self.mock_data and self.tokenizer_type is None:
+            self.tokenizer_type = "NullTokenizer"
+            self.vocab_size = self.vocab_size or MOCK_DEFAULT_VOCAB_SIZE
+        if self.data_path:
+            self._check_prefixes()
+            if self.tokenizer_type is None:
+                raise ValueError("--tokenizer-type: required with --data-path")
+        elif not self.mock_data and self.tokenizer_type is not None:
+            raise ValueError("--tokenizer-type: given without --data-path; the default corpus brings its own "
+                             "tokenizer (pass --data-path to use yours, or --mock-data)")
+        if self.tokenizer_type is not None:
+            check_tokenizer_flags(self)
+
+    def _check_prefixes(self) -> None:
+        for prefix in self.blend[0]:
+            for suffix in (".idx", ".bin"):
+                if not os.path.isfile(prefix + suffix):
+                    raise ValueError(f"--data-path: dataset {prefix} has no {prefix + suffix}")
+
+    @property
+    def blend(self) -> tuple[list[str], list[float] | None]:
+        """(prefixes, weights or None) from --data-path."""
+        return parse_blend(self.data_path)
+
+    @property
+    def split_fractions(self) -> tuple[float, float, float]:
+        return parse_split(self.split)
+
+    @property
+    def uses_default_corpus(self) -> bool:
+        return not self.data_path and not self.mock_data
