@@ -22,10 +22,13 @@ from .metrics import ActivationMeter, MetricsLogger, model_flops_per_iteration, 
 from .model import GPTModel
 from .optim.adamw import AdamWSettings, Fp8AdamW
 from .optim.clip import clip_coefficient, grad_norm_and_overflow
+from .optim.finalize_grads import counts_in_norm, finalize_model_grads
 from .optim.grad_buffer import GradBuffers
 from .optim.lr_scheduler import LRScheduler
+from .parallel import comm
+from .parallel.groups import init_distributed
 from .parallel.state import ParallelState, single_process
-from .pipeline.schedules import forward_backward_no_pipelining
+from .pipeline.schedules import forward_backward_1f1b, forward_backward_no_pipelining
 
 
 def default_device() -> torch.device:
@@ -71,19 +74,44 @@ class Trainer:
         self.activations = ActivationMeter()
 
     # ---- one iteration ----------------------------------------------------------------------------
+    def forward_backward(self, micro_batches: list[dict], forward_only: bool = False) -> list[torch.Tensor]:
+        ps = self.pstate
+        meter = None if forward_only else self.activations
+        if ps.pp_size == 1:
+            return forward_backward_no_pipelining(self.model, micro_batches, meter, forward_only)
+        m = self.config.model
+        seq = m.seq_length // (ps.tp_size if self.config.parallel.sequence_parallel else 1)
+        shape = (seq, micro_batches[0]["tokens"].shape[0], m.hidden_size)
+        return forward_backward_1f1b(self.model, micro_batches, ps, shape, self.policy.compute, self.device,
+                                     meter, forward_only)
+
+    def _mean_loss(self, losses: list[torch.Tensor]) -> float:
+        """Mean loss over micro-batches and data-parallel replicas (NaN where no loss exists: not last stage)."""
+        if not losses:
+            return float("nan")
+        mean = torch.stack(losses).mean().reshape(1)
+        if self.pstate.dp_size > 1:
+            comm.all_reduce(mean, self.pstate.dp_group, "other")
+            mean /= self.pstate.dp_size
+        return float(mean)
+
     def train_step(self, micro_batches: list[dict], lr: float) -> StepResult:
         """Forward/backward over the micro-batches, then one optimizer step unless a gradient overflowed."""
         self.model.train()
         self.grads.zero()
-        losses = forward_backward_no_pipelining(self.model, micro_batches, self.activations)
-        norm_t, bad_t = grad_norm_and_overflow(self.params)
+        losses = self.forward_backward(micro_batches)
+        finalize_model_grads(self.params, self.pstate)
+        ps = self.pstate
+        norm_t, bad_t = grad_norm_and_overflow(
+            self.params, counted=lambda p: counts_in_norm(p, ps),
+            reduce_sum=(lambda t: comm.all_reduce(t, ps.mp_group, "other")) if ps.tp_size * ps.pp_size > 1 else None)
         norm, bad = float(norm_t), bool(bad_t)
         if bad:
             self.progress.skipped_iterations += 1
             self.progress.nan_iterations += int(math.isnan(norm))
         else:
             self.optimizer.step(lr, clip_coefficient(norm, self.config.training.clip_grad))
-        return StepResult(float(torch.stack(losses).mean()), norm, bad)
+        return StepResult(self._mean_loss(losses), norm, bad)
 
     @torch.no_grad()
     def evaluate(self, dataset, iters: int) -> float:
@@ -93,8 +121,8 @@ class Trainer:
         for k in range(iters):
             mbs = batches.global_batch(dataset, k * t.global_batch_size, t.global_batch_size, t.micro_batch_size,
                                        self.pstate.dp_rank, self.pstate.dp_size, self.device)
-            losses += forward_backward_no_pipelining(self.model, mbs, forward_only=True)
-        return float(torch.stack(losses).mean())
+            losses += self.forward_backward(mbs, forward_only=True)
+        return self._mean_loss(losses)
 
     # ---- accounting and state ---------------------------------------------------------------------
     def memory(self) -> dict:
@@ -122,7 +150,8 @@ class Trainer:
 
 def build_data(config: Config, pstate: ParallelState, printer=print):
     """Tokenizer and train/valid/test datasets; sets the padded vocabulary size on the model config."""
-    data_cfg = resolve_default_corpus(config.data, rank=0)
+    barrier = torch.distributed.barrier if pstate.world_size > 1 else None
+    data_cfg = resolve_default_corpus(config.data, rank=pstate.rank, barrier=barrier)
     config.data = data_cfg
     tokenizer = build_tokenizer(data_cfg)
     m, t = config.model, config.training
@@ -131,7 +160,8 @@ def build_data(config: Config, pstate: ParallelState, printer=print):
             f"tokens (new size: {m.vocab_size})")
     evals = (t.train_iters // t.eval_interval + 1) * t.eval_iters * t.global_batch_size
     datasets = build_train_valid_test_datasets(data_cfg, tokenizer, t.train_iters * t.global_batch_size, evals,
-                                               t.eval_iters * t.global_batch_size, rank=0)
+                                               t.eval_iters * t.global_batch_size, rank=pstate.rank,
+                                               barrier=barrier)
     return tokenizer, datasets
 
 
@@ -150,14 +180,17 @@ def print_startup(trainer: Trainer, printer) -> None:
 
 def pretrain(config: Config, printer=print) -> dict:
     """Train as the flags say; returns a summary (final losses, iterations) for scripts and tests."""
-    pstate = single_process()
+    pstate = init_distributed(config)
+    printer = printer if pstate.is_logging_rank else (lambda *a, **k: None)
     t = config.training
     _, (train_ds, valid_ds, test_ds) = build_data(config, pstate, printer)
     trainer = Trainer(config, pstate)
     if t.load and trainer.load(t.load):
         printer(f" > loaded checkpoint from {t.load} at iteration {trainer.progress.iteration}")
     print_startup(trainer, printer)
-    logger = MetricsLogger(t.train_iters, t.log_json, t.tensorboard_dir, printer=printer)
+    logger = MetricsLogger(t.train_iters, t.log_json, t.tensorboard_dir, enabled=pstate.is_logging_rank,
+                           printer=printer)
+    comm.COUNTER.take()  # count from the first iteration on
     summary = {"train_losses": [], "valid_loss": None}
     tokens_per_iter = t.global_batch_size * config.model.seq_length
     flops = model_flops_per_iteration(config.model, tokens_per_iter)
@@ -183,7 +216,8 @@ def pretrain(config: Config, printer=print) -> dict:
                     "lm_loss": sum(r.loss for r, _ in window) / len(window), "grad_norm": window[-1][0].grad_norm,
                     "skipped_iterations": p.skipped_iterations, "nan_iterations": p.nan_iterations,
                     "step_time_s": step_time, "tokens_per_sec": tokens_per_iter / step_time,
-                    "tflops": flops / step_time / 1e12, "mem": trainer.memory(), "comm": {}})
+                    "tflops": flops / step_time / 1e12 / pstate.world_size, "mem": trainer.memory(),
+                    "comm": comm.COUNTER.take()})
                 window = []
             if valid_ds is not None and t.eval_iters and p.iteration % t.eval_interval == 0:
                 summary["valid_loss"] = trainer.evaluate(valid_ds, t.eval_iters)

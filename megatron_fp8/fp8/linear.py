@@ -7,15 +7,25 @@ tensor (Megatron's fused gradient accumulation) or an :class:`Fp8Tensor`, accumu
 fresh scale (dequantize-add-requantize, O1-O3). Only the FP8 transpose of x is kept for backward.
 """
 
+from typing import Protocol
+
 import torch
 import torch.nn as nn
 
-from .blockwise import BlockwiseFp8Tensor
+from .blockwise import TILE_1x128, BlockwiseFp8Tensor
 from .formats import E4M3, is_fp8, is_scaled
 from .gemm import blockwise_gemm, fp8_gemm
 from .quantizer import AmaxReduce, TensorQuantizer, weight_operands
 from .scaling import Fp8Recipe
 from .tensor import Fp8Tensor
+
+
+class SequenceParallelOps(Protocol):
+    """Collectives over the TP group, injected by the parallel layers (this package stays distributed-free)."""
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor: ...  # concatenate every rank's rows
+
+    def reduce_scatter(self, t: torch.Tensor) -> torch.Tensor: ...  # sum, keep this rank's rows
 
 
 def _gemm(a, b, out_dtype):
@@ -28,11 +38,12 @@ class Fp8LinearState:
     """Per-layer FP8 state: the input and output-gradient quantizers and the cached FP8 weight.
 
     The FP8 weight is cast once per optimizer step, not per micro-batch: it is rebuilt only when the
-    parameter's version counter shows an in-place update (or when an optimizer primes it directly).
+    parameter's version counter shows an in-place update.
     """
 
-    def __init__(self, recipe: Fp8Recipe, device=None, amax_reduce: AmaxReduce | None = None):
-        self.recipe = recipe
+    def __init__(self, recipe: Fp8Recipe, device=None, amax_reduce: AmaxReduce | None = None,
+                 sequence_parallel: "SequenceParallelOps | None" = None):
+        self.recipe, self.sequence_parallel = recipe, sequence_parallel
         self.input_quantizer = TensorQuantizer(E4M3, recipe, device, amax_reduce)
         self.grad_quantizer = TensorQuantizer(recipe.grad_dtype, recipe, device, amax_reduce)
         self._weight_key = None
@@ -46,10 +57,20 @@ class Fp8LinearState:
             self._weight_key = key
         return self._weight
 
-    def prime_weight(self, weight: torch.Tensor, w: Fp8Tensor) -> None:
-        """Install an FP8 copy written by the optimizer (e.g. by the fused AdamW kernel)."""
-        self._weight = (w, w.t())
-        self._weight_key = (weight.data_ptr(), weight._version)
+    def quantize_input(self, x2d: torch.Tensor, need_transpose: bool):
+        """FP8 operands of the input; under sequence parallelism the local rows are cast with the scale
+        agreed over the TP group and all-gathered as FP8 bytes, so the GEMM consumes them directly."""
+        sp = self.sequence_parallel
+        if sp is None:
+            return self.input_quantizer.quantize(x2d, with_transpose=need_transpose)
+        local, _ = self.input_quantizer.quantize(x2d, with_transpose=False)
+        if isinstance(local, BlockwiseFp8Tensor):
+            xq = BlockwiseFp8Tensor(sp.gather(local.data), sp.gather(local.scale_inv), local.block)
+            xq_t = BlockwiseFp8Tensor.quantize(xq.dequantize().t(), TILE_1x128, E4M3, self.recipe.margin) \
+                if need_transpose else None
+            return xq, xq_t
+        xq = Fp8Tensor(sp.gather(local.data), local.scale_inv, local.amax)
+        return xq, (xq.t() if need_transpose else None)
 
     def state_dict(self) -> dict:
         return {"input": self.input_quantizer.state_dict(), "grad": self.grad_quantizer.state_dict()}
@@ -80,16 +101,17 @@ class _Fp8LinearFunction(torch.autograd.Function):
         x2d = x.reshape(-1, in_features)
         w, w_t = state.weight_operands(weight)
         need_wgrad = ctx.needs_input_grad[1]  # False under no_grad / for frozen weights
-        xq, xq_t = state.input_quantizer.quantize(x2d, with_transpose=need_wgrad)
+        xq, xq_t = state.quantize_input(x2d, need_wgrad)
         out = _gemm(xq, w, x.dtype)
         if bias is not None:
             out = out + bias
+        gathered = xq.shape[0] // max(1, x2d.shape[0])  # TP size under sequence parallelism, else 1
         # The FP8 transpose of x is the only activation kept; save_for_backward lets memory meters see it.
         ctx.save_for_backward(*((xq_t.data, xq_t.scale_inv) if xq_t is not None else ()))
         ctx.xq_t_kind = (type(xq_t), getattr(xq_t, "block", None))
         ctx.state, ctx.w_t, ctx.weight = state, w_t, weight
         ctx.x_shape, ctx.has_bias = x.shape, bias is not None
-        return out.reshape(*x.shape[:-1], out.shape[-1])
+        return out.reshape(x.shape[0] * gathered, *x.shape[1:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -97,7 +119,12 @@ class _Fp8LinearFunction(torch.autograd.Function):
         g2d = grad_out.reshape(-1, grad_out.shape[-1]).contiguous()
         need_wgrad = ctx.needs_input_grad[1]
         gq, gq_t = state.grad_quantizer.quantize(g2d, with_transpose=need_wgrad)
-        dx = _gemm(gq, ctx.w_t, grad_out.dtype).reshape(ctx.x_shape) if ctx.needs_input_grad[0] else None
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx = _gemm(gq, ctx.w_t, grad_out.dtype)
+            if state.sequence_parallel is not None:  # adjoint of the input all-gather
+                dx = state.sequence_parallel.reduce_scatter(dx)
+            dx = dx.reshape(ctx.x_shape)
         dw = None
         if need_wgrad:
             dw = accumulate_weight_grad(weight, _gemm(gq_t, _saved_operand(ctx), torch.float32), state.recipe.margin)

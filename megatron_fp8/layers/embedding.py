@@ -5,6 +5,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import Config
+from ..parallel import mappings
 from ..parallel.state import ParallelState
 from .weights import init_normal, make_parameter
 
@@ -28,7 +29,14 @@ class VocabParallelEmbedding(nn.Module):
         self.vocab_start = pstate.tp_rank * (vocab_size // pstate.tp_size)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return F.embedding(tokens, self.weight)
+        if self.pstate.tp_size == 1:
+            return F.embedding(tokens, self.weight)
+        # each rank embeds the tokens of its vocabulary slice; the all-reduce fills in the rest
+        local = tokens - self.vocab_start
+        outside = (local < 0) | (local >= self.weight.shape[0])
+        out = F.embedding(local.masked_fill(outside, 0), self.weight)
+        out = out.masked_fill(outside.unsqueeze(-1), 0.0)
+        return mappings.reduce_from_tp(out, self.pstate)
 
 
 class PositionEmbedding(nn.Module):

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 
 from ..config import Config
 from ..fp8.linear import Fp8LinearState, fp8_linear
+from ..parallel import mappings
+from ..parallel.fp8_comm import TPSequenceOps, tp_amax_reducer
 from ..parallel.state import ParallelState
 from .weights import init_normal, make_parameter
 
@@ -39,8 +41,14 @@ class _ParallelLinear(nn.Module):
             self.bias = make_parameter(torch.zeros(out_features), policy=policy, fp8_eligible=False,
                                        device=device, partition_dim=bias_dim, tp_rank=pstate.tp_rank,
                                        tp_size=tp, no_weight_decay=True)
-        self.fp8_state = Fp8LinearState(config.precision.recipe, device) if policy.fp8_gemm else None
         self.pstate = pstate
+        self.sequence_parallel = config.parallel.sequence_parallel and tp > 1
+        if self.bias is not None and self.partition_dim == 1:
+            self.bias.sequence_parallel = self.sequence_parallel  # added on sequence shards: grads are partial
+        gathers_input = self.sequence_parallel and self.partition_dim == 0
+        self.fp8_state = Fp8LinearState(config.precision.recipe, device, tp_amax_reducer(pstate),
+                                        TPSequenceOps(pstate) if gathers_input else None) \
+            if policy.fp8_gemm else None
 
     def _matmul(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.fp8_state is not None:
@@ -49,11 +57,19 @@ class _ParallelLinear(nn.Module):
 
 
 class ColumnParallelLinear(_ParallelLinear):
-    """``y_local = x @ W_local.T``: each TP rank produces its slice of the output features."""
+    """``y_local = x @ W_local.T``: each TP rank produces its slice of the output features.
+
+    Under sequence parallelism the input arrives split along the sequence and is all-gathered first:
+    in FP8 inside the FP8 linear (one byte per element on the wire), else in the compute dtype.
+    """
 
     partition_dim = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.sequence_parallel:
+            x = x if self.fp8_state is not None else mappings.gather_from_sp(x, self.pstate)
+        else:
+            x = mappings.copy_to_tp(x, self.pstate)
         return self._matmul(x, self.bias)
 
 
@@ -64,6 +80,10 @@ class RowParallelLinear(_ParallelLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self._matmul(x, None)
+        if self.sequence_parallel:
+            out = mappings.reduce_scatter_to_sp(out, self.pstate)
+        else:
+            out = mappings.reduce_from_tp(out, self.pstate)
         return out + self.bias if self.bias is not None else out
 
 

@@ -9,7 +9,7 @@ from .weights import make_parameter
 
 
 class Norm(nn.Module):
-    def __init__(self, hidden_size: int, config: Config, device=None):
+    def __init__(self, hidden_size: int, config: Config, device=None, sequence_parallel: bool = False):
         super().__init__()
         policy = config.precision.policy
         self.kind, self.eps = config.model.normalization, config.model.layernorm_epsilon
@@ -17,6 +17,8 @@ class Norm(nn.Module):
                                      no_weight_decay=True)
         self.bias = make_parameter(torch.zeros(hidden_size), policy=policy, fp8_eligible=False, device=device,
                                    no_weight_decay=True) if self.kind == "LayerNorm" else None
+        for p in self.parameters():  # on sequence shards each TP rank sees part of the gradient
+            p.sequence_parallel = sequence_parallel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = (x.shape[-1],)

@@ -19,7 +19,7 @@ class SelfAttention(nn.Module):
         m = config.model
         self.heads_local = m.num_attention_heads // pstate.tp_size
         self.head_dim = m.head_dim
-        self.dropout = m.attention_dropout
+        self.dropout, self.pstate = m.attention_dropout, pstate
         bias = m.add_bias_linear
         self.linear_qkv = ColumnParallelLinear(m.hidden_size, 3 * m.hidden_size, config, pstate,
                                                f"{prefix}.linear_qkv", bias=bias, device=device)
@@ -33,7 +33,11 @@ class SelfAttention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))  # [b, heads, s, head_dim]
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                             dropout_p=self.dropout if self.training else 0.0)
+        dropout_p = self.dropout if self.training else 0.0
+        if dropout_p > 0 and self.pstate.rng is not None and self.pstate.tp_size > 1:
+            with self.pstate.rng.fork():  # heads are split across TP ranks: draw per-rank masks
+                out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
         out = out.permute(2, 0, 1, 3).reshape(s, b, self.heads_local * self.head_dim)
         return self.linear_proj(out)

@@ -9,12 +9,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import Config
-from ..layers.cross_entropy import vocab_cross_entropy
+from ..layers.cross_entropy import vocab_parallel_cross_entropy
 from ..layers.embedding import PositionEmbedding, VocabParallelEmbedding
 from ..layers.weights import init_normal, make_parameter
+from ..parallel import comm, mappings
+from ..parallel.random import TPRngTracker, dropout
 from ..parallel.state import ParallelState
 from .rope import rope_tables
-from .transformer import TransformerBlock
+from .transformer import TransformerBlock, sequence_parallel
 
 
 class GPTModel(nn.Module):
@@ -24,6 +26,9 @@ class GPTModel(nn.Module):
         if m.vocab_size is None:
             raise ValueError("model vocab size is unset: build the tokenizer first (it sets the padded size)")
         self.config, self.pstate = config, pstate
+        self.sp = sequence_parallel(config, pstate)
+        if pstate.rng is None:
+            pstate.rng = TPRngTracker(config.training.seed, pstate.tp_rank, device or "cpu")
         self.pre_process, self.post_process = pstate.is_first_stage, pstate.is_last_stage
         self.tied = not m.untie_embeddings_and_output_weights
         self.input_tensor = None
@@ -42,6 +47,8 @@ class GPTModel(nn.Module):
                                                 device=device, partition_dim=0, tp_rank=pstate.tp_rank,
                                                 tp_size=pstate.tp_size)
             self.output_weight.shared_embedding = self.tied
+        if self.pre_process and self.tied and pstate.pp_size > 1:
+            self.word_embeddings.weight.shared_embedding = True  # synced with the last stage's copy
         self.rope = None
         if m.position_embedding_type == "rope":
             cos, sin = rope_tables(m.seq_length, m.head_dim, m.rotary_base, device, config.precision.policy.compute)
@@ -59,17 +66,20 @@ class GPTModel(nn.Module):
         if self.position_embeddings is not None:
             h = h + self.position_embeddings(position_ids)
         h = h.transpose(0, 1).contiguous()  # [s, b, h]
-        return F.dropout(h, self.config.model.hidden_dropout, self.training)
+        if self.sp:
+            h = mappings.scatter_to_sp(h, self.pstate)
+        return dropout(h, self.config.model.hidden_dropout, self.training, self.pstate, split_across_tp=self.sp)
 
     def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor, labels: torch.Tensor | None = None):
-        """Per-token loss [b, s] (with ``labels``), logits [b, s, V_local] (without), or the hidden states
-        [s, b, h] this stage hands to the next."""
+        """Per-token loss [b, s] (with ``labels``), logits [b, s, V] (without), or the hidden states
+        [s, b, h] (split along s under sequence parallelism) this stage hands to the next."""
         h = self.embed(tokens, position_ids) if self.pre_process else self.input_tensor
         rope = (self.rope_cos, self.rope_sin) if hasattr(self, "rope_cos") else None
         h = self.decoder(h, rope)
         if not self.post_process:
             return h
-        logits = F.linear(h, self.head_weight())
+        h = mappings.gather_from_sp(h, self.pstate) if self.sp else mappings.copy_to_tp(h, self.pstate)
+        logits = F.linear(h, self.head_weight())  # [s, b, V/tp]
         if labels is None:
-            return logits.transpose(0, 1)
-        return vocab_cross_entropy(logits, labels.transpose(0, 1)).transpose(0, 1)
+            return comm.all_gather(logits, self.pstate.tp_group, "tp", dim=-1).transpose(0, 1)
+        return vocab_parallel_cross_entropy(logits, labels.transpose(0, 1), self.pstate).transpose(0, 1)

@@ -2,31 +2,37 @@
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..config import Config
 from ..layers.norm import Norm
+from ..parallel.random import dropout
 from ..parallel.state import ParallelState
 from .attention import SelfAttention
 from .mlp import MLP
+
+
+def sequence_parallel(config: Config, pstate: ParallelState) -> bool:
+    """Whether hidden states between the TP regions are split along the sequence."""
+    return config.parallel.sequence_parallel and pstate.tp_size > 1
 
 
 class TransformerLayer(nn.Module):
     def __init__(self, config: Config, pstate: ParallelState, layer_number: int, device=None):
         super().__init__()
         prefix = f"decoder.layers.{layer_number}"
-        h = config.model.hidden_size
-        self.input_layernorm = Norm(h, config, device)
+        h, sp = config.model.hidden_size, sequence_parallel(config, pstate)
+        self.input_layernorm = Norm(h, config, device, sp)
         self.self_attention = SelfAttention(config, pstate, f"{prefix}.self_attention", device)
-        self.pre_mlp_layernorm = Norm(h, config, device)
+        self.pre_mlp_layernorm = Norm(h, config, device, sp)
         self.mlp = MLP(config, pstate, f"{prefix}.mlp", device)
-        self.hidden_dropout = config.model.hidden_dropout
+        self.hidden_dropout, self.pstate, self.sp = config.model.hidden_dropout, pstate, sp
+
+    def _dropout(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.hidden_dropout, self.training, self.pstate, split_across_tp=self.sp)
 
     def forward(self, x: torch.Tensor, rope=None) -> torch.Tensor:
-        attn = self.self_attention(self.input_layernorm(x), rope)
-        x = x + F.dropout(attn, self.hidden_dropout, self.training)
-        mlp = self.mlp(self.pre_mlp_layernorm(x))
-        return x + F.dropout(mlp, self.hidden_dropout, self.training)
+        x = x + self._dropout(self.self_attention(self.input_layernorm(x), rope))
+        return x + self._dropout(self.mlp(self.pre_mlp_layernorm(x)))
 
 
 class TransformerBlock(nn.Module):
@@ -37,7 +43,8 @@ class TransformerBlock(nn.Module):
         per_stage = config.model.num_layers // pstate.pp_size
         first = pstate.pp_rank * per_stage
         self.layers = nn.ModuleList(TransformerLayer(config, pstate, first + i, device) for i in range(per_stage))
-        self.final_layernorm = Norm(config.model.hidden_size, config, device) if pstate.is_last_stage else None
+        self.final_layernorm = Norm(config.model.hidden_size, config, device, sequence_parallel(config, pstate)) \
+            if pstate.is_last_stage else None
 
     def forward(self, x: torch.Tensor, rope=None) -> torch.Tensor:
         for layer in self.layers:

@@ -18,14 +18,19 @@ def _real_grad(param: nn.Parameter) -> torch.Tensor:
     return g.dequantize() if isinstance(g, Fp8Tensor) else g.float()
 
 
-def grad_norm_and_overflow(params: list[nn.Parameter],
+def grad_norm_and_overflow(params: list[nn.Parameter], counted: Callable[[nn.Parameter], bool] = lambda p: True,
                            reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None):
-    """``(norm, found_nonfinite)`` over all ``params``' main gradients as 0-dim tensors."""
+    """``(norm, found_nonfinite)`` over the main gradients as 0-dim tensors. ``counted`` excludes
+    replicas from the norm; overflow is checked on every parameter."""
     device = params[0].device
     sq = torch.zeros((), dtype=torch.float32, device=device)
     bad = torch.zeros((), dtype=torch.float32, device=device)
     for p in params:
-        sq += _real_grad(p).square().sum()
+        g = _real_grad(p)
+        if counted(p):
+            sq += g.square().sum()
+        else:
+            bad += (~torch.isfinite(g)).any().float()
         if isinstance(p.main_grad, Fp8Tensor) and p.main_grad.amax is not None:
             bad += (~torch.isfinite(p.main_grad.amax)).float()
     stats = torch.stack([sq, bad])

@@ -19,8 +19,13 @@ class ParallelState:
     tp_group: Any = None
     pp_group: Any = None
     dp_group: Any = None
+    mp_group: Any = None  # all TP x PP ranks of this data-parallel replica
     embedding_group: Any = None  # first and last pipeline stage (tied embeddings)
     amax_group: Any = None  # ranks that must agree on FP8 scales (the TP group)
+    pp_ranks: tuple = (0,)  # global ranks of this pipeline, stage by stage (for point-to-point)
+    rank: int = 0
+    world_size: int = 1
+    rng: Any = None  # TPRngTracker for dropout on tensors split across TP ranks (set by the model)
 
     @property
     def is_first_stage(self) -> bool:
@@ -29,6 +34,11 @@ class ParallelState:
     @property
     def is_last_stage(self) -> bool:
         return self.pp_rank == self.pp_size - 1
+
+    @property
+    def is_logging_rank(self) -> bool:
+        """Megatron prints from the last rank: it holds the loss (last stage)."""
+        return self.rank == self.world_size - 1
 
 
 def single_process() -> ParallelState:

@@ -7,14 +7,14 @@ from megatron_fp8.fp8.formats import E4M3
 from megatron_fp8.fp8.tensor import Fp8Tensor
 from megatron_fp8.training import Trainer
 
-from .conftest import run_steps, tiny_config
+from ..helpers import run_steps, tiny_config
 
 LEVELS = ["off", "gemm", "O1", "O2", "O3"]
 
 
 @pytest.fixture(scope="module")
 def curves():
-    from .conftest import PatternDataset
+    from ..helpers import PatternDataset
 
     data = PatternDataset()
     return {level: run_steps(Trainer(tiny_config(level)), data, 50) for level in LEVELS}

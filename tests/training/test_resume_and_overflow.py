@@ -8,7 +8,7 @@ import torch
 from megatron_fp8.checkpoint.atomic import TRACKER, iteration_dir
 from megatron_fp8.training import Trainer
 
-from .conftest import run_steps, tiny_config
+from ..helpers import run_steps, tiny_config
 
 
 @pytest.mark.parametrize("level", ["off", "O2", "O3"])
