@@ -34,6 +34,9 @@ def _parallel_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pipeline-model-parallel-size", type=int, default=1)
     g.add_argument("--sequence-parallel", action="store_true")
     g.add_argument("--use-distributed-optimizer", action="store_true")
+    g.add_argument("--overlap-grad-reduce", action="store_true",
+                   help="start each gradient bucket's data-parallel reduction during backward")
+    g.add_argument("--ddp-bucket-size", type=int, default=1 << 22, help="elements per gradient bucket")
 
 
 def _precision_args(p: argparse.ArgumentParser) -> None:

@@ -72,9 +72,11 @@ class ParallelConfig:
     pipeline_model_parallel_size: int = 1
     sequence_parallel: bool = False
     use_distributed_optimizer: bool = False
+    overlap_grad_reduce: bool = False
+    ddp_bucket_size: int = 1 << 22  # elements per gradient bucket
 
     def __post_init__(self):
-        _positive(self, "tensor_model_parallel_size", "pipeline_model_parallel_size")
+        _positive(self, "tensor_model_parallel_size", "pipeline_model_parallel_size", "ddp_bucket_size")
         if self.sequence_parallel and self.tensor_model_parallel_size == 1:
             raise ValueError("--sequence-parallel needs --tensor-model-parallel-size > 1")
 
@@ -96,6 +98,7 @@ class PrecisionPolicy:
     exp_avg: torch.dtype
     exp_avg_sq: torch.dtype
     grad_reduce: torch.dtype
+    other_grad_reduce: torch.dtype  # wire dtype of the float gradients of non-FP8 parameters
 
     def eligible_bytes_per_param(self, dp_size: int = 1, sharded: bool = False) -> float:
         """Model-state bytes per FP8-eligible parameter (the DESIGN §1 table)."""
@@ -124,6 +127,9 @@ class PrecisionConfig:
         _choice("--grad-reduce-dtype", self.grad_reduce_dtype, ("fp32", "bf16", "fp8"))
         if self.grad_reduce_dtype == "fp8" and self.fp8_level in ("off", "gemm"):
             raise ValueError("--grad-reduce-dtype fp8 needs FP8 weight gradients (--fp8-level O1, O2 or O3)")
+        if self.grad_reduce_dtype in ("fp32", "bf16") and self.fp8_level in ("O1", "O2", "O3"):
+            raise ValueError(f"--grad-reduce-dtype {self.grad_reduce_dtype} is for the baselines: --fp8-level "
+                             f"{self.fp8_level} keeps FP8 weight gradients, which are reduced in FP8")
         self.policy  # resolve once so bad combinations fail here
 
     @property
@@ -142,13 +148,16 @@ class PrecisionConfig:
                              "--main-params-dtype must be fp16 or fp32")
         exp_avg = E4M3 if level in ("O2", "O3") else torch.float32
         exp_avg_sq = torch.float16 if level in ("O2", "O3") else torch.float32
+        grad_reduce = dtype_from_name(self.grad_reduce_dtype) if self.grad_reduce_dtype \
+            else (E4M3 if fp8_weights else torch.float32)
         return PrecisionPolicy(
             fp8_gemm=level != "off", compute=compute, weight=weight,
             grad=E4M3 if fp8_weights else torch.float32, master=master,
             exp_avg=dtype_from_name(self.exp_avg_dtype) if self.exp_avg_dtype else exp_avg,
             exp_avg_sq=dtype_from_name(self.exp_avg_sq_dtype) if self.exp_avg_sq_dtype else exp_avg_sq,
-            grad_reduce=dtype_from_name(self.grad_reduce_dtype) if self.grad_reduce_dtype
-            else (E4M3 if fp8_weights else torch.float32))
+            grad_reduce=grad_reduce,
+            # FP8 levels send the small non-FP8 gradients in BF16; the baselines keep one dtype throughout
+            other_grad_reduce=torch.float32 if grad_reduce == torch.float32 else torch.bfloat16)
 
 
 @dataclass

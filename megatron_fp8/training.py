@@ -21,6 +21,8 @@ from .layers.embedding import padded_vocab_size
 from .metrics import ActivationMeter, MetricsLogger, model_flops_per_iteration, weight_bytes
 from .model import GPTModel
 from .optim.adamw import AdamWSettings, Fp8AdamW
+from .optim.distributed import DistributedOptimizer
+from .optim.ownership import assign_param_owners
 from .optim.clip import clip_coefficient, grad_norm_and_overflow
 from .optim.finalize_grads import counts_in_norm, finalize_model_grads
 from .optim.grad_buffer import GradBuffers
@@ -64,11 +66,16 @@ class Trainer:
         set_seed(config.training.seed)
         self.model = GPTModel(config, self.pstate, self.device)
         self.params = [p for p in self.model.parameters()]
-        self.grads = GradBuffers(self.params, self.policy, config.precision.recipe.margin)
-        t = config.training
-        self.optimizer = Fp8AdamW(list(self.model.named_parameters()), self.policy,
-                                  AdamWSettings(t.adam_beta1, t.adam_beta2, t.adam_eps, t.weight_decay,
-                                                config.precision.recipe.margin))
+        par, t, margin = config.parallel, config.training, config.precision.recipe.margin
+        self.distributed_optimizer = par.use_distributed_optimizer and self.pstate.dp_size > 1
+        self.owners = owners = assign_param_owners(self.params, self.pstate.dp_size)
+        self.grads = GradBuffers(self.params, self.policy, margin, self.pstate, owners,
+                                 gather=not self.distributed_optimizer, bucket_elems=par.ddp_bucket_size,
+                                 overlap=par.overlap_grad_reduce)
+        settings = AdamWSettings(t.adam_beta1, t.adam_beta2, t.adam_eps, t.weight_decay, margin)
+        named = list(self.model.named_parameters())
+        self.optimizer = DistributedOptimizer(named, self.policy, settings, owners, self.pstate) \
+            if self.distributed_optimizer else Fp8AdamW(named, self.policy, settings)
         self.scheduler = LRScheduler(t)
         self.progress = Progress()
         self.activations = ActivationMeter()
@@ -95,16 +102,29 @@ class Trainer:
             mean /= self.pstate.dp_size
         return float(mean)
 
+    def _counted_in_norm(self, p) -> bool:
+        """Each parameter counts once: TP/PP replicas excluded, and under the distributed optimizer only
+        the owner's (the only fully reduced) copy."""
+        owned = not self.distributed_optimizer or self.owners[id(p)] == self.pstate.dp_rank
+        return owned and counts_in_norm(p, self.pstate)
+
+    def _reduce_norm(self, stats: torch.Tensor) -> torch.Tensor:
+        ps = self.pstate
+        if ps.tp_size * ps.pp_size > 1:
+            comm.all_reduce(stats, ps.mp_group, "other")
+        if self.distributed_optimizer:
+            comm.all_reduce(stats, ps.dp_group, "other")
+        return stats
+
     def train_step(self, micro_batches: list[dict], lr: float) -> StepResult:
         """Forward/backward over the micro-batches, then one optimizer step unless a gradient overflowed."""
         self.model.train()
-        self.grads.zero()
+        self.grads.zero(len(micro_batches))
         losses = self.forward_backward(micro_batches)
+        self.grads.reduce()
         finalize_model_grads(self.params, self.pstate)
-        ps = self.pstate
-        norm_t, bad_t = grad_norm_and_overflow(
-            self.params, counted=lambda p: counts_in_norm(p, ps),
-            reduce_sum=(lambda t: comm.all_reduce(t, ps.mp_group, "other")) if ps.tp_size * ps.pp_size > 1 else None)
+        norm_t, bad_t = grad_norm_and_overflow(self.params, counted=self._counted_in_norm,
+                                               reduce_sum=self._reduce_norm)
         norm, bad = float(norm_t), bool(bad_t)
         if bad:
             self.progress.skipped_iterations += 1

@@ -91,6 +91,9 @@ def accumulate_weight_grad(weight: torch.Tensor, wgrad: torch.Tensor, margin: in
         main_grad.accumulate_(wgrad, margin)
     else:
         main_grad.add_(wgrad.to(main_grad.dtype))
+    notify = getattr(weight, "on_main_grad", None)  # lets a gradient buffer start reducing early
+    if notify is not None:
+        notify(weight)
     return None
 
 

@@ -45,24 +45,31 @@ def _wire(t: torch.Tensor) -> torch.Tensor:
     return t.view(torch.uint8) if t.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) else t
 
 
-def all_reduce(t: torch.Tensor, group, tag: str, op=dist.ReduceOp.SUM) -> torch.Tensor:
+def all_reduce(t: torch.Tensor, group, tag: str, op=dist.ReduceOp.SUM, async_op: bool = False):
+    """In-place all-reduce; returns ``t``, or the work handle when ``async_op``."""
     n = _size(group)
+    work = None
     if n > 1:
         COUNTER.add(tag, 2 * (n - 1) / n * _nbytes(t))
-        dist.all_reduce(t, op=op, group=group)
-    return t
+        work = dist.all_reduce(t, op=op, group=group, async_op=async_op)
+    return work if async_op else t
 
 
-def all_gather(t: torch.Tensor, group, tag: str, dim: int = 0) -> torch.Tensor:
-    """Concatenate every rank's ``t`` along ``dim``."""
+_all_gather_flat = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter_flat = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+
+def all_gather(t: torch.Tensor, group, tag: str, dim: int = 0, async_op: bool = False):
+    """Concatenate every rank's ``t`` along ``dim``; with ``async_op`` returns ``(out, work)``."""
     n = _size(group)
     if n == 1:
-        return t
+        return (t, None) if async_op else t
     src = _wire(t.movedim(dim, 0).contiguous())
     out = torch.empty((n * src.shape[0], *src.shape[1:]), dtype=src.dtype, device=src.device)
     COUNTER.add(tag, (n - 1) * _nbytes(src))
-    dist.all_gather_into_tensor(out, src, group=group)
-    return out.view(t.dtype).movedim(0, dim) if t.dtype != src.dtype else out.movedim(0, dim)
+    work = _all_gather_flat(out, src, group=group, async_op=async_op)
+    out = (out.view(t.dtype) if t.dtype != src.dtype else out).movedim(0, dim)
+    return (out, work) if async_op else out
 
 
 def reduce_scatter(t: torch.Tensor, group, tag: str, dim: int = 0) -> torch.Tensor:
@@ -73,7 +80,7 @@ def reduce_scatter(t: torch.Tensor, group, tag: str, dim: int = 0) -> torch.Tens
     src = t.movedim(dim, 0).contiguous()
     out = torch.empty((src.shape[0] // n, *src.shape[1:]), dtype=src.dtype, device=src.device)
     COUNTER.add(tag, (n - 1) / n * _nbytes(src))
-    dist.reduce_scatter_tensor(out, src, group=group)
+    _reduce_scatter_flat(out, src, group=group)
     return out.movedim(0, dim)
 
 
@@ -87,6 +94,26 @@ def all_to_all(t: torch.Tensor, group, tag: str) -> torch.Tensor:
     COUNTER.add(tag, (n - 1) / n * _nbytes(src))
     dist.all_to_all_single(out, src, group=group)
     return out.view(t.dtype) if t.dtype != src.dtype else out
+
+
+def all_to_all_v(src: torch.Tensor, send_counts: list[int], recv_counts: list[int], group, tag: str,
+                 async_op: bool = False):
+    """Uneven all-to-all of a flat tensor: ``send_counts[j]`` elements go to rank j. Counts the bytes this
+    rank actually sends to the others. Returns ``(received, work)``; wait on ``work`` when async."""
+    me = dist.get_rank(group)
+    wire = _wire(src.contiguous())
+    out = torch.empty(sum(recv_counts), dtype=wire.dtype, device=wire.device)
+    COUNTER.add(tag, sum(c for j, c in enumerate(send_counts) if j != me) * wire.element_size())
+    work = dist.all_to_all_single(out, wire, recv_counts, send_counts, group=group, async_op=async_op)
+    return (out.view(src.dtype) if src.dtype != wire.dtype else out), work
+
+
+def all_gather_v(local: torch.Tensor, counts: list[int], group, tag: str) -> torch.Tensor:
+    """All-gather of uneven flat pieces (``counts[j]`` elements from rank j), concatenated in rank order."""
+    n = _size(group)
+    me = dist.get_rank(group)
+    received, _ = all_to_all_v(local.reshape(-1).repeat(n), [counts[me]] * n, counts, group, tag)
+    return received
 
 
 def send(t: torch.Tensor, dst: int, group, tag: str = "pp"):
