@@ -76,6 +76,8 @@ def _training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--save", default=None)
     g.add_argument("--load", default=None)
     g.add_argument("--save-interval", type=int, default=None)
+    g.add_argument("--async-save", action="store_true",
+                   help="write checkpoints in the background from a snapshot while training goes on")
     g.add_argument("--exit-interval", type=int, default=None)
     g.add_argument("--log-json", default=None, help="write one JSON object per logged iteration")
     g.add_argument("--tensorboard-dir", default=None)

@@ -182,6 +182,7 @@ class TrainingConfig:
     save: str | None = None
     load: str | None = None
     save_interval: int | None = None
+    async_save: bool = False
     log_json: str | None = None
     tensorboard_dir: str | None = None
     exit_interval: int | None = None

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from . import batches
-from .checkpoint.local import load_checkpoint, load_model_state, model_state, save_checkpoint
+from .checkpoint.distributed import CheckpointWriter, load_rank_files, model_file, optim_file, rng_file
+from .checkpoint.state import load_model_state, model_state, rng_state
 from .config import Config
 from .data import build_tokenizer, build_train_valid_test_datasets, resolve_default_corpus
 from .layers.embedding import padded_vocab_size
@@ -79,6 +80,7 @@ class Trainer:
         self.scheduler = LRScheduler(t)
         self.progress = Progress()
         self.activations = ActivationMeter()
+        self._writer: CheckpointWriter | None = None
 
     # ---- one iteration ----------------------------------------------------------------------------
     def forward_backward(self, micro_batches: list[dict], forward_only: bool = False) -> list[torch.Tensor]:
@@ -151,20 +153,42 @@ class Trainer:
                 "exp_avg": opt["exp_avg"], "exp_avg_sq": opt["exp_avg_sq"],
                 "activations_peak": self.activations.peak}
 
-    def state(self) -> dict:
-        return {"model": model_state(self.model), "optimizer": self.optimizer.state_dict(),
-                "progress": vars(self.progress).copy(), "scheduler": self.scheduler.state_dict()}
+    def checkpoint_shards(self) -> dict:
+        """The files this rank contributes to a checkpoint (see checkpoint.distributed)."""
+        ps = self.pstate
+        shards = {rng_file(ps.rank): rng_state(ps)}
+        if ps.dp_rank == 0:
+            shards[model_file(ps.tp_rank, ps.pp_rank)] = model_state(self.model, ps, self.config)
+        if ps.dp_rank == 0 or self.distributed_optimizer:
+            dp = ps.dp_rank if self.distributed_optimizer else 0
+            shards[optim_file(ps.tp_rank, ps.pp_rank, dp)] = self.optimizer.state_dict()
+        return shards
 
-    def save(self, root: str) -> str:
-        return save_checkpoint(root, self.progress.iteration, self.state(), self.config)
+    def save(self, root: str, async_save: bool = False) -> float:
+        """Save a checkpoint of the current iteration; returns the seconds training was blocked."""
+        if self._writer is None or self._writer.root != root:
+            self._writer = CheckpointWriter(root, self.config, self.pstate, async_save)
+        progress = dict(vars(self.progress), scheduler=self.scheduler.state_dict())
+        return self._writer.save(self.progress.iteration, self.checkpoint_shards(), progress)
+
+    def poll_saves(self) -> None:
+        if self._writer is not None:
+            self._writer.poll()
+
+    def finish_saves(self) -> None:
+        if self._writer is not None:
+            self._writer.wait()
 
     def load(self, root: str) -> bool:
-        payload = load_checkpoint(root, self.config)
-        if payload is None:
+        """Resume from the newest checkpoint under ``root``; False when there is none yet."""
+        loaded = load_rank_files(root, self.config, self.pstate, self.distributed_optimizer)
+        if loaded is None:
             return False
-        load_model_state(self.model, payload["model"], root)
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.progress = Progress(**payload["progress"])
+        model, optim, metadata = loaded
+        load_model_state(self.model, model, root)
+        self.optimizer.load_state_dict(optim)
+        progress = {k: v for k, v in metadata["progress"].items() if k != "scheduler"}
+        self.progress = Progress(**progress)
         return True
 
 
@@ -242,8 +266,11 @@ def pretrain(config: Config, printer=print) -> dict:
             if valid_ds is not None and t.eval_iters and p.iteration % t.eval_interval == 0:
                 summary["valid_loss"] = trainer.evaluate(valid_ds, t.eval_iters)
                 logger.log_eval(p.iteration, summary["valid_loss"])
+            trainer.poll_saves()
             if t.save and t.save_interval and p.iteration % t.save_interval == 0:
-                printer(f" > saved checkpoint to {trainer.save(t.save)}")
+                blocked = trainer.save(t.save, t.async_save)
+                printer(f" > checkpoint at iteration {p.iteration}: training blocked for {blocked * 1000:.1f} ms"
+                        f"{' (writing continues in the background)' if t.async_save else ''}")
             if t.exit_interval and p.iteration % t.exit_interval == 0:
                 printer(f" > exiting at iteration {p.iteration} (--exit-interval)")
                 break
@@ -251,7 +278,8 @@ def pretrain(config: Config, printer=print) -> dict:
             summary["valid_loss"] = trainer.evaluate(valid_ds, t.eval_iters)
             logger.log_eval(trainer.progress.iteration, summary["valid_loss"])
         if t.save and not (t.save_interval and trainer.progress.iteration % t.save_interval == 0):
-            printer(f" > saved checkpoint to {trainer.save(t.save)}")
+            trainer.save(t.save)
+        trainer.finish_saves()
     finally:
         logger.close()
     summary.update(iterations=trainer.progress.iteration, skipped=trainer.progress.skipped_iterations,

@@ -8,36 +8,30 @@ The model shape, precision level and tokenizer are read from the checkpoint itse
 import argparse
 import os
 import sys
+import tempfile
 from types import SimpleNamespace
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron_fp8.checkpoint.atomic import iteration_dir, read_tracker  # noqa: E402
-from megatron_fp8.checkpoint.local import SHARD, TOKENIZER_FIELDS, load_model_state  # noqa: E402
-from megatron_fp8.config import Config, ModelConfig, PrecisionConfig  # noqa: E402
+from megatron_fp8.checkpoint.state import TOKENIZER_FIELDS, config_from_summary  # noqa: E402
+from megatron_fp8.checkpoint.universal import read_universal, write_layout  # noqa: E402
 from megatron_fp8.data import build_tokenizer  # noqa: E402
-from megatron_fp8.fp8.scaling import Fp8Recipe  # noqa: E402
-from megatron_fp8.model import GPTModel  # noqa: E402
-from megatron_fp8.parallel.state import single_process  # noqa: E402
+from megatron_fp8.training import Trainer  # noqa: E402
 
 
 def load_for_inference(root: str):
-    """Rebuild the model and tokenizer that a checkpoint under ``root`` was trained with."""
-    iteration = read_tracker(root)
-    if iteration is None:
-        raise FileNotFoundError(f"{root}: no latest_checkpointed_iteration.txt (not a checkpoint directory)")
-    path = os.path.join(iteration_dir(root, iteration), SHARD)
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    saved = payload["config"]
-    precision = dict(saved["precision"])
-    recipe = Fp8Recipe(**precision.pop("recipe"))
-    config = Config(model=ModelConfig(**saved["model"]), precision=PrecisionConfig(recipe=recipe, **precision))
-    tokenizer = build_tokenizer(SimpleNamespace(**{k: saved["tokenizer"].get(k) for k in TOKENIZER_FIELDS}))
-    model = GPTModel(config, single_process())
-    load_model_state(model, payload["model"], path)
-    return model.eval(), tokenizer, config
+    """Rebuild, in this one process, the model and tokenizer of a checkpoint of any layout under ``root``."""
+    universal = read_universal(root)
+    config = config_from_summary(universal["config"])
+    with tempfile.TemporaryDirectory() as tmp:  # reshard to one process through the universal form
+        write_layout(universal, config, 1, 1, 1, tmp)
+        trainer = Trainer(config)
+        trainer.load(tmp)
+    tok = universal["config"]["tokenizer"]
+    tokenizer = build_tokenizer(SimpleNamespace(**{k: tok.get(k) for k in TOKENIZER_FIELDS}))
+    return trainer.model.eval(), tokenizer, config
 
 
 @torch.no_grad()

@@ -59,6 +59,22 @@ def test_overflow_skips_exactly_that_step(dataset, level, bad):
     assert any(not torch.equal(p.detach(), before[n]) for n, p in trainer.model.named_parameters())
 
 
+def test_async_save_is_identical_to_sync(tmp_path, dataset):
+    sync, background = Trainer(tiny_config()), Trainer(tiny_config())
+    run_steps(sync, dataset, 2)
+    run_steps(background, dataset, 2)
+    sync.save(str(tmp_path / "sync"))
+    background.save(str(tmp_path / "async"), async_save=True)
+    run_steps(background, dataset, 1)  # training goes on while the writer thread runs
+    background.finish_saves()
+    for t in (Trainer(tiny_config()), Trainer(tiny_config())):
+        assert t.load(str(tmp_path / "async")) and t.progress.iteration == 2
+    a, b = Trainer(tiny_config()), Trainer(tiny_config())
+    a.load(str(tmp_path / "sync"))
+    b.load(str(tmp_path / "async"))
+    assert run_steps(a, dataset, 2) == run_steps(b, dataset, 2)
+
+
 def test_load_from_empty_dir_starts_fresh(tmp_path):
     assert Trainer(tiny_config()).load(str(tmp_path)) is False
 
@@ -67,7 +83,7 @@ def saved(tmp_path, dataset, level="O2"):
     trainer = Trainer(tiny_config(level))
     run_steps(trainer, dataset, 2)
     trainer.save(str(tmp_path))
-    return os.path.join(iteration_dir(str(tmp_path), 2), "mp_rank_00", "model_optim_rng.pt")
+    return os.path.join(iteration_dir(str(tmp_path), 2), "model_tp00_pp000.pt")
 
 
 def test_config_mismatch_names_the_flag(tmp_path, dataset):
@@ -80,18 +96,35 @@ def test_config_mismatch_names_the_flag(tmp_path, dataset):
         Trainer(tiny_config("O1")).load(str(tmp_path))
 
 
-def test_truncated_checkpoint_names_the_file(tmp_path, dataset):
+def test_truncated_corrupt_or_missing_shard_names_the_file(tmp_path, dataset):
     path = saved(tmp_path, dataset)
     data = open(path, "rb").read()
     open(path, "wb").write(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="model_optim_rng.pt: cannot read checkpoint"):
+    with pytest.raises(ValueError, match="model_tp00_pp000.pt: truncated"):
         Trainer(tiny_config()).load(str(tmp_path))
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF
+    open(path, "wb").write(bytes(flipped))
+    with pytest.raises(ValueError, match="model_tp00_pp000.pt: checksum mismatch"):
+        Trainer(tiny_config()).load(str(tmp_path))
+    os.remove(path)
+    with pytest.raises(FileNotFoundError, match="model_tp00_pp000.pt: missing"):
+        Trainer(tiny_config()).load(str(tmp_path))
+
+
+def test_layout_mismatch_points_to_the_converter(tmp_path, dataset):
+    from megatron_fp8.checkpoint.distributed import check_layout
+
+    saved(tmp_path, dataset)
+    metadata = {"layout": {"tp": 2, "pp": 1, "dp": 1, "distributed_optimizer": False}}
+    with pytest.raises(ValueError, match="tools/convert_checkpoint.py"):
+        check_layout(metadata, tiny_config(), Trainer(tiny_config()).pstate, str(tmp_path / "metadata.json"))
 
 
 def test_tracker_pointing_nowhere_and_garbage_tracker(tmp_path, dataset):
     saved(tmp_path, dataset)
     (tmp_path / TRACKER).write_text("7\n")
-    with pytest.raises(FileNotFoundError, match="iteration 7"):
+    with pytest.raises(FileNotFoundError, match="names iteration 7"):
         Trainer(tiny_config()).load(str(tmp_path))
     (tmp_path / TRACKER).write_text("latest\n")
     with pytest.raises(ValueError, match=TRACKER):
@@ -106,7 +139,7 @@ def test_crash_during_save_keeps_previous_checkpoint(tmp_path, dataset, monkeypa
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("megatron_fp8.checkpoint.local.publish", crash)
+    monkeypatch.setattr("megatron_fp8.checkpoint.distributed.publish", crash)
     with pytest.raises(OSError):
         trainer.save(str(tmp_path))
     monkeypatch.undo()

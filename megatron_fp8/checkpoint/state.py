@@ -1,23 +1,23 @@
-"""Single-process checkpoints in Megatron's layout: ``{dir}/iter_XXXXXXX/mp_rank_00/model_optim_rng.pt``.
+"""What a rank's checkpoint holds and how it is checked: model shard with its layout, RNG, config.
 
 Everything needed for a bit-identical resume is saved: parameters in their storage dtype with their
-scales, the FP8 scaling state of every linear (scales and amax histories), the optimizer's master
-weights and moments with their scales, RNG states, the iteration and the data position.
+scales, the FP8 scaling state of every linear (scales and amax histories), RNG states, and (beside this
+module) the optimizer's master weights and moments with their scales, the iteration and data position.
+Each parameter also records its layout-free name and how it is split, so tools can reshard it.
 """
 
-import io
-import os
 import random
 from dataclasses import asdict
 
 import numpy as np
 import torch
 
-from ..config import Config
-from .atomic import iteration_dir, publish, read_tracker, staging_dir
+from ..config import Config, ModelConfig, ParallelConfig, PrecisionConfig
+from ..fp8.scaling import Fp8Recipe
+from ..parallel.state import ParallelState
+from .names import global_name, split_dim
 
-FORMAT = "megatron_fp8/local/v1"
-SHARD = os.path.join("mp_rank_00", "model_optim_rng.pt")
+FORMAT = "megatron_fp8/v1"
 # Fields that must agree between a checkpoint and the model that loads it.
 MODEL_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size", "vocab_size",
                 "max_position_embeddings", "position_embedding_type", "normalization", "swiglu",
@@ -25,15 +25,18 @@ MODEL_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_
 PRECISION_FIELDS = ("fp8_level", "bf16", "main_params_dtype", "exp_avg_dtype", "exp_avg_sq_dtype")
 
 
-def model_state(model: torch.nn.Module) -> dict:
-    state = {}
+def model_state(model: torch.nn.Module, pstate: ParallelState, config: Config) -> dict:
+    state, layout = {}, {}
+    tied = not config.model.untie_embeddings_and_output_weights
     for name, p in model.named_parameters():
         state[name] = p.detach().clone()
         if getattr(p, "scale_inv", None) is not None:
             state[f"{name}:scale_inv"] = p.scale_inv.clone()
+        layout[name] = {"global": global_name(name, pstate, config.model.num_layers, tied), "dim": split_dim(p),
+                        "stacked": getattr(p, "tp_stacked", 1), "fp8_eligible": p.fp8_eligible}
     fp8 = {name: mod.fp8_state.state_dict() for name, mod in model.named_modules()
            if getattr(mod, "fp8_state", None) is not None}
-    return {"params": state, "fp8": fp8}
+    return {"params": state, "fp8": fp8, "layout": layout}
 
 
 def load_model_state(model: torch.nn.Module, state: dict, source: str) -> None:
@@ -54,19 +57,23 @@ def load_model_state(model: torch.nn.Module, state: dict, source: str) -> None:
             mod.fp8_state.load_state_dict(state["fp8"][name])
 
 
-def rng_state() -> dict:
+def rng_state(pstate: ParallelState) -> dict:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+    if pstate.rng is not None:
+        state["tp_tracker"] = pstate.rng.state
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, pstate: ParallelState) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    if "tp_tracker" in state and pstate.rng is not None:
+        pstate.rng.state = state["tp_tracker"]
 
 
 TOKENIZER_FIELDS = ("tokenizer_type", "tokenizer_model", "vocab_file", "merge_file", "vocab_size")
@@ -94,39 +101,12 @@ def check_config(saved: dict, config: Config, source: str) -> None:
                                  f"but this run has {flag}={value!r}")
 
 
-def save_checkpoint(root: str, iteration: int, state: dict, config: Config) -> str:
-    """Write ``state`` (model/optimizer/progress entries) atomically; returns the final directory."""
-    os.makedirs(root, exist_ok=True)
-    staged = staging_dir(root, iteration)
-    payload = {"format": FORMAT, "iteration": iteration, "config": config_summary(config),
-               "rng": rng_state(), **state}
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    shard = os.path.join(staged, SHARD)
-    os.makedirs(os.path.dirname(shard))
-    with open(shard, "wb") as f:
-        f.write(buffer.getbuffer())
-        f.flush()
-        os.fsync(f.fileno())
-    publish(root, iteration, staged)
-    return iteration_dir(root, iteration)
-
-
-def load_checkpoint(root: str, config: Config) -> dict | None:
-    """The newest checkpoint's payload (RNG restored), or None when ``root`` holds no checkpoint yet."""
-    iteration = read_tracker(root)
-    if iteration is None:
-        return None
-    path = os.path.join(iteration_dir(root, iteration), SHARD)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{os.path.join(root, 'latest_checkpointed_iteration.txt')} names iteration "
-                                f"{iteration}, but {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - truncated/corrupt files raise many kinds of errors
-        raise ValueError(f"{path}: cannot read checkpoint ({type(err).__name__}: {err})") from err
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a {FORMAT} checkpoint")
-    check_config(payload["config"], config, path)
-    set_rng_state(payload["rng"])
-    return payload
+def config_from_summary(summary: dict, fp8_level: str | None = None) -> Config:
+    """Rebuild the model/precision/parallel config a checkpoint was written with (optionally at another
+    precision level; explicit dtype overrides are dropped then, so the level's defaults apply)."""
+    precision = dict(summary["precision"])
+    recipe = Fp8Recipe(**precision.pop("recipe"))
+    if fp8_level is not None and fp8_level != precision["fp8_level"]:
+        precision = {"fp8_level": fp8_level, "bf16": precision["bf16"]}
+    return Config(model=ModelConfig(**summary["model"]), parallel=ParallelConfig(**summary["parallel"]),
+                  precision=PrecisionConfig(recipe=recipe, **precision))

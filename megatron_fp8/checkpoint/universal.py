@@ -1,0 +1,185 @@
+"""The universal (layout- and precision-free) form of a checkpoint, and conversion through it.
+
+``read_universal`` turns any distributed checkpoint into full float32 tensors under global names:
+parameters, master weights and both moments (dequantized with their scales), plus progress and FP8
+scaling state. ``write_layout`` builds every rank's files for any target TP/PP/DP and precision level:
+values are sharded and requantized with fresh scales into whatever storage the target level uses.
+"""
+
+import json
+import os
+import shutil
+
+import torch
+
+from ..config import Config
+from ..fp8.formats import is_scaled
+from ..fp8.reference import load as load_stored
+from ..fp8.tensor import Fp8Tensor
+from ..layers.embedding import padded_vocab_size
+from ..model import GPTModel
+from ..optim.adamw import AdamWSettings, Fp8AdamW
+from ..optim.ownership import assign_param_owners
+from ..parallel.state import ParallelState
+from .atomic import iteration_dir, publish
+from .distributed import METADATA, _write, model_file, optim_file, read_file, read_metadata
+from .names import global_name, resize_vocab, shard, unshard
+from .state import FORMAT, config_summary, model_state
+
+VOCAB_ROWS = ("embedding.word_embeddings.weight", "output_layer.weight")
+STATE_KEYS = ("master", "exp_avg", "exp_avg_sq")
+
+
+def _real(stored: dict, key: str) -> torch.Tensor | None:
+    if key not in stored:
+        return None
+    return load_stored(stored[key], stored.get(f"{key}_sinv", torch.ones(())))
+
+
+def read_universal(root: str) -> dict:
+    """Full float32 model and optimizer state of the newest checkpoint under ``root``."""
+    found = read_metadata(root)
+    if found is None:
+        raise FileNotFoundError(f"{root}: no checkpoint (no latest_checkpointed_iteration.txt)")
+    directory, metadata = found
+    layout = metadata["layout"]
+    sharded_opt = layout["distributed_optimizer"] and layout["dp"] > 1
+    pieces: dict[str, dict] = {}  # global name -> {"dim", "stacked", "param": {tp: t}, state key: {tp: t}}
+    fp8, step = {}, 0
+    for pp_rank in range(layout["pp"]):
+        for tp_rank in range(layout["tp"]):
+            model = read_file(directory, metadata, model_file(tp_rank, pp_rank))
+            optim_params = {}
+            for dp_rank in range(layout["dp"] if sharded_opt else 1):
+                optim = read_file(directory, metadata, optim_file(tp_rank, pp_rank, dp_rank))
+                optim_params.update(optim["params"])
+                step = optim["step"]
+            for local, info in model["layout"].items():
+                name = info["global"]
+                if name is None:
+                    continue
+                entry = pieces.setdefault(name, {"dim": info["dim"], "stacked": info["stacked"]})
+                value = model["params"][local].float()
+                if f"{local}:scale_inv" in model["params"]:
+                    value = value * model["params"][f"{local}:scale_inv"]
+                entry.setdefault("param", {})[tp_rank] = value
+                for key in STATE_KEYS:
+                    real = _real(optim_params.get(local, {}), key)
+                    if real is not None:
+                        entry.setdefault(key, {})[tp_rank] = real
+            if tp_rank == 0:
+                for module, state in model["fp8"].items():
+                    num_layers = metadata["config"]["model"]["num_layers"]
+                    fp8[_global_module(module, _stage(layout, pp_rank), num_layers)] = state
+    params, optim = {}, {}
+    for name, entry in pieces.items():
+        full = {key: unshard([entry[key][r] for r in sorted(entry[key])], entry["dim"], entry["stacked"])
+                for key in ("param",) + STATE_KEYS if key in entry}
+        params[name] = full.pop("param")
+        optim[name] = full
+    return {"config": metadata["config"], "progress": metadata["progress"], "iteration": metadata["iteration"],
+            "params": params, "optim": optim, "step": step, "fp8": fp8}
+
+
+def _stage(layout: dict, pp_rank: int) -> ParallelState:
+    return ParallelState(tp_size=layout["tp"], pp_size=layout["pp"], pp_rank=pp_rank)
+
+
+def _assign(param: torch.nn.Parameter, values: torch.Tensor) -> None:
+    """Store real ``values`` into a parameter in its own storage dtype (fresh scale when scaled)."""
+    with torch.no_grad():
+        if is_scaled(param.dtype):
+            q = Fp8Tensor.quantize_current(values, param.dtype)
+            param.copy_(q.data)
+            param.scale_inv.copy_(q.scale_inv)
+        else:
+            param.copy_(values.to(param.dtype))
+
+
+def _store_state(stored: torch.Tensor, sinv: torch.Tensor | None, values: torch.Tensor) -> None:
+    if sinv is not None:
+        q = Fp8Tensor.quantize_current(values, stored.dtype)
+        stored.copy_(q.data)
+        sinv.copy_(q.scale_inv)
+    else:
+        stored.copy_(values.to(stored.dtype))
+
+
+def _full_value(universal: dict, name: str, rows: int, key: str | None = None) -> torch.Tensor | None:
+    """A full float32 tensor (the parameter, or one of its optimizer states) with the target's vocab rows."""
+    full = universal["params"][name] if key is None else universal["optim"].get(name, {}).get(key)
+    if full is not None and name in VOCAB_ROWS:
+        full = resize_vocab(full, rows)
+    return full
+
+
+def write_layout(universal: dict, config: Config, tp: int, pp: int, dp: int, root: str,
+                 distributed_optimizer: bool = False) -> str:
+    """Write a checkpoint of ``universal`` for the target layout and ``config``'s precision level."""
+    m = config.model
+    m.vocab_size = padded_vocab_size(universal["config"]["model"]["vocab_size"], m.make_vocab_size_divisible_by, tp)
+    config.parallel.tensor_model_parallel_size, config.parallel.pipeline_model_parallel_size = tp, pp
+    config.parallel.use_distributed_optimizer = distributed_optimizer
+    config.parallel.sequence_parallel = config.parallel.sequence_parallel and tp > 1
+    iteration = universal["iteration"]
+    staged = iteration_dir(root, iteration) + ".tmp"
+    shutil.rmtree(staged, ignore_errors=True)
+    os.makedirs(staged)
+    files = {}
+    tied = not m.untie_embeddings_and_output_weights
+    for pp_rank in range(pp):
+        for tp_rank in range(tp):
+            pstate = ParallelState(tp_size=tp, tp_rank=tp_rank, pp_size=pp, pp_rank=pp_rank, dp_size=dp)
+            model = GPTModel(config, pstate)
+            named = list(model.named_parameters())
+            for local, p in named:
+                name = global_name(local, pstate, m.num_layers, tied) or "embedding.word_embeddings.weight"
+                # the master copy, where the source kept one, is more precise than the model weight
+                full = _full_value(universal, name, m.vocab_size, "master")
+                full = full if full is not None else _full_value(universal, name, m.vocab_size)
+                _assign(p, shard(full, getattr(p, "partition_dim", None), tp_rank, tp, getattr(p, "tp_stacked", 1)))
+            for module, mod in model.named_modules():
+                saved = universal["fp8"].get(_global_module(module, pstate, m.num_layers))
+                if getattr(mod, "fp8_state", None) is not None and saved is not None:
+                    try:
+                        mod.fp8_state.load_state_dict(saved)
+                    except ValueError:  # another --fp8-amax-history-len: start the history afresh
+                        pass
+            files[model_file(tp_rank, pp_rank)] = _write(os.path.join(staged, model_file(tp_rank, pp_rank)),
+                                                         model_state(model, pstate, config))
+            owners = assign_param_owners([p for _, p in named], dp if distributed_optimizer else 1)
+            for dp_rank in range(dp if distributed_optimizer else 1):
+                owned = [(n, p) for n, p in named if owners[id(p)] == dp_rank]
+                opt = _optimizer_for(universal, config, owned, pstate, m.num_layers, tied)
+                files[optim_file(tp_rank, pp_rank, dp_rank)] = _write(
+                    os.path.join(staged, optim_file(tp_rank, pp_rank, dp_rank)), opt.state_dict())
+    metadata = {"format": FORMAT, "iteration": iteration, "progress": universal["progress"],
+                "config": config_summary(config), "files": files,
+                "layout": {"tp": tp, "pp": pp, "dp": dp, "distributed_optimizer": distributed_optimizer}}
+    with open(os.path.join(staged, METADATA), "w", encoding="utf-8") as f:
+        json.dump(metadata, f, indent=1, default=str)
+    os.makedirs(root, exist_ok=True)
+    publish(root, iteration, staged)
+    return iteration_dir(root, iteration)
+
+
+def _global_module(module: str, pstate: ParallelState, num_layers: int) -> str:
+    return global_name(f"{module}.weight", pstate, num_layers, False)[: -len(".weight")]
+
+
+def _optimizer_for(universal, config, owned, pstate, num_layers, tied) -> Fp8AdamW:
+    t = config.training
+    opt = Fp8AdamW(owned, config.precision.policy, AdamWSettings(t.adam_beta1, t.adam_beta2, t.adam_eps,
+                                                                 t.weight_decay, config.precision.recipe.margin))
+    opt.step_count = universal["step"]
+    for local, p in owned:
+        name = global_name(local, pstate, num_layers, tied) or "embedding.word_embeddings.weight"
+        st = opt.state[local]
+        dim, stacked = getattr(p, "partition_dim", None), getattr(p, "tp_stacked", 1)
+        for key in STATE_KEYS:
+            stored = getattr(st, key)
+            full = _full_value(universal, name, config.model.vocab_size, key)
+            if stored is None or full is None:
+                continue  # no separate master here (the weight is the master), or none saved
+            _store_state(stored, getattr(st, f"{key}_sinv"), shard(full, dim, pstate.tp_rank, pstate.tp_size, stacked))
+    return opt

@@ -1,0 +1,63 @@
+"""Convert a megatron_fp8 checkpoint to another parallel layout or precision level (or to/from Hugging Face).
+
+    python tools/convert_checkpoint.py --load ckpt --save ckpt_tp1 \\
+        --target-tensor-parallel-size 1 --target-pipeline-parallel-size 1 [--target-data-parallel-size 2 \\
+        --target-use-distributed-optimizer] [--target-fp8-level off]
+
+Weights and optimizer states are read in full precision (dequantized with their scales), resharded,
+and requantized with fresh scales into the target level's storage. Progress (iteration, consumed
+samples) carries over, so training resumes on the same loss curve.
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from megatron_fp8.checkpoint.state import config_from_summary  # noqa: E402
+from megatron_fp8.checkpoint.universal import read_universal, write_layout  # noqa: E402
+from megatron_fp8.config import FP8_LEVELS  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--load", help="source checkpoint directory")
+    p.add_argument("--save", help="target checkpoint directory")
+    p.add_argument("--target-tensor-parallel-size", type=int, default=None)
+    p.add_argument("--target-pipeline-parallel-size", type=int, default=None)
+    p.add_argument("--target-data-parallel-size", type=int, default=1,
+                   help="only matters with --target-use-distributed-optimizer (optimizer shards per DP rank)")
+    p.add_argument("--target-use-distributed-optimizer", action="store_true")
+    p.add_argument("--target-fp8-level", choices=FP8_LEVELS, default=None)
+    p.add_argument("--hf-import", metavar="DIR", help="import a Hugging Face GPT-2 or Llama directory")
+    p.add_argument("--hf-export", metavar="DIR", help="export to a Hugging Face directory")
+    return p
+
+
+def convert(args) -> str:
+    if args.hf_import or args.hf_export:
+        from megatron_fp8.checkpoint import hf
+
+        return hf.run(args)
+    if not args.load or not args.save:
+        raise SystemExit("convert_checkpoint.py: --load and --save are required (or --hf-import / --hf-export)")
+    universal = read_universal(args.load)
+    config = config_from_summary(universal["config"], args.target_fp8_level)
+    tp = args.target_tensor_parallel_size or config.parallel.tensor_model_parallel_size
+    pp = args.target_pipeline_parallel_size or config.parallel.pipeline_model_parallel_size
+    dp = args.target_data_parallel_size
+    if config.model.num_attention_heads % tp or config.model.num_layers % pp:
+        raise SystemExit(f"convert_checkpoint.py: {config.model.num_attention_heads} heads / {config.model.num_layers} "
+                         f"layers do not split over --target-tensor-parallel-size {tp} / "
+                         f"--target-pipeline-parallel-size {pp}")
+    return write_layout(universal, config, tp, pp, dp, args.save, args.target_use_distributed_optimizer)
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    print(f" > wrote {convert(args)}")
+
+
+if __name__ == "__main__":
+    main()
