@@ -27,8 +27,9 @@ def tiny_config(level: str = "O2", tp: int = 1, pp: int = 1, sp: bool = False, *
     train = dict(micro_batch_size=4, global_batch_size=8, train_iters=50, lr=3e-3, min_lr=3e-4,
                  lr_warmup_iters=5, log_interval=5, eval_interval=25, eval_iters=2, seed=7)
     train.update(training)
+    # VOCAB is already a valid padded size for TP <= 2 (multiple of 64 x TP), as the converter computes it
     model = ModelConfig(num_layers=2, hidden_size=64, num_attention_heads=4, seq_length=SEQ, vocab_size=VOCAB,
-                        hidden_dropout=0.0, attention_dropout=0.0)
+                        make_vocab_size_divisible_by=64, hidden_dropout=0.0, attention_dropout=0.0)
     return Config(model=model, precision=PrecisionConfig(fp8_level=level), training=TrainingConfig(**train),
                   parallel=ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
                                           sequence_parallel=sp))
