@@ -25,12 +25,14 @@ class ModelConfig:
     seq_length: int = 256
     max_position_embeddings: int | None = None
     vocab_size: int | None = None  # set from the tokenizer, then padded
+    unpadded_vocab_size: int | None = None  # the tokenizer's size, kept so other layouts pad from it
     make_vocab_size_divisible_by: int = 128
     position_embedding_type: str = "learned_absolute"
     rotary_base: int = 10000
     normalization: str = "LayerNorm"
     layernorm_epsilon: float = 1e-5
     swiglu: bool = False
+    openai_gelu: bool = False  # tanh-approximate GeLU (GPT-2's "gelu_new") instead of the exact erf form
     untie_embeddings_and_output_weights: bool = False
     add_bias_linear: bool = True
     hidden_dropout: float = 0.1

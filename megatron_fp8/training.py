@@ -30,6 +30,7 @@ from .optim.grad_buffer import GradBuffers
 from .optim.lr_scheduler import LRScheduler
 from .parallel import comm
 from .parallel.groups import init_distributed
+from .parallel.random import stage_seed
 from .parallel.state import ParallelState, single_process
 from .pipeline.schedules import forward_backward_1f1b, forward_backward_no_pipelining
 
@@ -64,7 +65,7 @@ class Trainer:
         self.config, self.pstate = config, pstate or single_process()
         self.device = device or default_device()
         self.policy = config.precision.policy
-        set_seed(config.training.seed)
+        set_seed(stage_seed(config.training.seed, self.pstate))  # weights are seeded by name, not by this
         self.model = GPTModel(config, self.pstate, self.device)
         self.params = [p for p in self.model.parameters()]
         par, t, margin = config.parallel, config.training, config.precision.recipe.margin
@@ -199,6 +200,7 @@ def build_data(config: Config, pstate: ParallelState, printer=print):
     config.data = data_cfg
     tokenizer = build_tokenizer(data_cfg)
     m, t = config.model, config.training
+    m.unpadded_vocab_size = tokenizer.vocab_size
     m.vocab_size = padded_vocab_size(tokenizer.vocab_size, m.make_vocab_size_divisible_by, pstate.tp_size)
     printer(f" > padded vocab (size: {tokenizer.vocab_size}) with {m.vocab_size - tokenizer.vocab_size} dummy "
             f"tokens (new size: {m.vocab_size})")

@@ -21,7 +21,8 @@ FORMAT = "megatron_fp8/v1"
 # Fields that must agree between a checkpoint and the model that loads it.
 MODEL_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size", "vocab_size",
                 "max_position_embeddings", "position_embedding_type", "normalization", "swiglu",
-                "untie_embeddings_and_output_weights", "add_bias_linear")
+                "untie_embeddings_and_output_weights", "add_bias_linear", "openai_gelu", "rotary_base",
+                "layernorm_epsilon")
 PRECISION_FIELDS = ("fp8_level", "bf16", "main_params_dtype", "exp_avg_dtype", "exp_avg_sq_dtype")
 
 
@@ -92,12 +93,14 @@ def config_summary(config: Config) -> dict:
 def check_config(saved: dict, config: Config, source: str) -> None:
     """Fail with the first field where the checkpoint and the current flags disagree."""
     current = config_summary(config)
+    defaults = {"model": ModelConfig.__dataclass_fields__, "precision": PrecisionConfig.__dataclass_fields__}
     for section, keys in (("model", MODEL_FIELDS), ("precision", PRECISION_FIELDS)):
         for key in keys:
             value = current[section][key]
-            if saved[section].get(key) != value:
+            old = saved[section].get(key, defaults[section][key].default)  # fields newer than the checkpoint
+            if old != value:
                 flag = "--" + key.replace("_", "-")
-                raise ValueError(f"{source}: checkpoint was saved with {flag}={saved[section].get(key)!r}, "
+                raise ValueError(f"{source}: checkpoint was saved with {flag}={old!r}, "
                                  f"but this run has {flag}={value!r}")
 
 

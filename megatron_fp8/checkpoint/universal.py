@@ -117,7 +117,9 @@ def write_layout(universal: dict, config: Config, tp: int, pp: int, dp: int, roo
                  distributed_optimizer: bool = False) -> str:
     """Write a checkpoint of ``universal`` for the target layout and ``config``'s precision level."""
     m = config.model
-    m.vocab_size = padded_vocab_size(universal["config"]["model"]["vocab_size"], m.make_vocab_size_divisible_by, tp)
+    saved = universal["config"]["model"]
+    m.unpadded_vocab_size = saved.get("unpadded_vocab_size") or saved["vocab_size"]
+    m.vocab_size = padded_vocab_size(m.unpadded_vocab_size, m.make_vocab_size_divisible_by, tp)
     config.parallel.tensor_model_parallel_size, config.parallel.pipeline_model_parallel_size = tp, pp
     config.parallel.use_distributed_optimizer = distributed_optimizer
     config.parallel.sequence_parallel = config.parallel.sequence_parallel and tp > 1
@@ -153,8 +155,11 @@ def write_layout(universal: dict, config: Config, tp: int, pp: int, dp: int, roo
                 opt = _optimizer_for(universal, config, owned, pstate, m.num_layers, tied)
                 files[optim_file(tp_rank, pp_rank, dp_rank)] = _write(
                     os.path.join(staged, optim_file(tp_rank, pp_rank, dp_rank)), opt.state_dict())
+    summary = config_summary(config)
+    if config.data is None:  # keep the source's tokenizer: generate.py and resumed runs need it
+        summary["tokenizer"] = universal["config"].get("tokenizer", {})
     metadata = {"format": FORMAT, "iteration": iteration, "progress": universal["progress"],
-                "config": config_summary(config), "files": files,
+                "config": summary, "files": files,
                 "layout": {"tp": tp, "pp": pp, "dp": dp, "distributed_optimizer": distributed_optimizer}}
     with open(os.path.join(staged, METADATA), "w", encoding="utf-8") as f:
         json.dump(metadata, f, indent=1, default=str)

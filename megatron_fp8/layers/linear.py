@@ -28,8 +28,9 @@ class _ParallelLinear(nn.Module):
         policy = config.precision.policy
         tp = pstate.tp_size
         split = out_features if self.partition_dim == 0 else in_features
-        if split % tp:
-            raise ValueError(f"{name}: dimension {split} is not divisible by --tensor-model-parallel-size {tp}")
+        if split % (tp * (stacked if self.partition_dim == 0 else 1)):
+            raise ValueError(f"{name}: dimension {split} ({stacked} stacked blocks) is not divisible by "
+                             f"--tensor-model-parallel-size {tp}")
         std = config.model.init_method_std if init_std is None else init_std
         full = init_normal((out_features, in_features), std, config.training.seed, f"{name}.weight")
         full = _interleave_for_tp(full, stacked, tp) if self.partition_dim == 0 else full
@@ -38,9 +39,13 @@ class _ParallelLinear(nn.Module):
         self.bias = None
         if bias:
             bias_dim = 0 if self.partition_dim == 0 else None
-            self.bias = make_parameter(torch.zeros(out_features), policy=policy, fp8_eligible=False,
+            full_bias = torch.zeros(out_features)
+            full_bias = _interleave_for_tp(full_bias, stacked, tp) if self.partition_dim == 0 else full_bias
+            self.bias = make_parameter(full_bias, policy=policy, fp8_eligible=False,
                                        device=device, partition_dim=bias_dim, tp_rank=pstate.tp_rank,
                                        tp_size=tp, no_weight_decay=True)
+        for p in self.parameters():  # shards hold a slice of every stacked block (see _interleave_for_tp)
+            p.tp_stacked = stacked if getattr(p, "partition_dim", None) == 0 else 1
         self.pstate = pstate
         self.sequence_parallel = config.parallel.sequence_parallel and tp > 1
         if self.bias is not None and self.partition_dim == 1:
@@ -97,8 +102,10 @@ def _interleave_for_tp(full: torch.Tensor, stacked: int, tp: int) -> torch.Tenso
 
     A weight made of ``stacked`` blocks (e.g. SwiGLU's gate and up projections) must be split block by
     block: rank r holds ``[gate_r; up_r]``. Initialising the full blocks first keeps every layout equal.
+    The bias of such a layer is reordered the same way, so that its shard lines up with the weight's rows.
+    Parameters record ``tp_stacked`` so shards can be put back together (tests, checkpoint conversion).
     """
     if stacked == 1 or tp == 1:
         return full
-    rows, cols = full.shape
-    return full.reshape(stacked, tp, rows // (stacked * tp), cols).transpose(0, 1).reshape(rows, cols)
+    rows, rest = full.shape[0], full.shape[1:]
+    return full.reshape(stacked, tp, rows // (stacked * tp), *rest).transpose(0, 1).reshape(full.shape)

@@ -13,7 +13,7 @@ from ..layers.cross_entropy import vocab_parallel_cross_entropy
 from ..layers.embedding import PositionEmbedding, VocabParallelEmbedding
 from ..layers.weights import init_normal, make_parameter
 from ..parallel import comm, mappings
-from ..parallel.random import TPRngTracker, dropout
+from ..parallel.random import TPRngTracker, dropout, stage_seed
 from ..parallel.state import ParallelState
 from .rope import rope_tables
 from .transformer import TransformerBlock, sequence_parallel
@@ -28,7 +28,7 @@ class GPTModel(nn.Module):
         self.config, self.pstate = config, pstate
         self.sp = sequence_parallel(config, pstate)
         if pstate.rng is None:
-            pstate.rng = TPRngTracker(config.training.seed, pstate.tp_rank, device or "cpu")
+            pstate.rng = TPRngTracker(stage_seed(config.training.seed, pstate), pstate.tp_rank, device or "cpu")
         self.pre_process, self.post_process = pstate.is_first_stage, pstate.is_last_stage
         self.tied = not m.untie_embeddings_and_output_weights
         self.input_tensor = None

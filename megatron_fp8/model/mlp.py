@@ -1,4 +1,5 @@
-"""The feed-forward block: fc1 (column-parallel), GeLU or SwiGLU, fc2 (row-parallel)."""
+"""The feed-forward block: fc1 (column-parallel), GeLU (exact, or tanh with --openai-gelu) or SwiGLU,
+fc2 (row-parallel)."""
 
 import torch
 import torch.nn as nn
@@ -14,6 +15,7 @@ class MLP(nn.Module):
         super().__init__()
         m = config.model
         self.swiglu = m.swiglu
+        self.gelu_approximate = "tanh" if m.openai_gelu else "none"
         fc1_out = 2 * m.ffn_hidden_size if m.swiglu else m.ffn_hidden_size
         self.linear_fc1 = ColumnParallelLinear(m.hidden_size, fc1_out, config, pstate, f"{prefix}.linear_fc1",
                                                bias=m.add_bias_linear, stacked=2 if m.swiglu else 1, device=device)
@@ -27,5 +29,5 @@ class MLP(nn.Module):
             gate, up = h.chunk(2, dim=-1)
             h = F.silu(gate) * up
         else:
-            h = F.gelu(h)
+            h = F.gelu(h, approximate=self.gelu_approximate)
         return self.linear_fc2(h)

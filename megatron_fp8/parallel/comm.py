@@ -10,6 +10,10 @@ from collections import defaultdict
 import torch
 import torch.distributed as dist
 
+# torch 2.13 renamed the tensor-in/tensor-out collectives (the old names warn); older torch has only those.
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
 # "embedding": tied-embedding gradients between first and last stage; "other": loss and norm scalars.
 TAGS = ("tp", "sp", "pp", "dp-grad", "dp-param", "amax", "embedding", "other")
 
@@ -55,10 +59,6 @@ def all_reduce(t: torch.Tensor, group, tag: str, op=dist.ReduceOp.SUM, async_op:
     return work if async_op else t
 
 
-_all_gather_flat = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-_reduce_scatter_flat = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
-
-
 def all_gather(t: torch.Tensor, group, tag: str, dim: int = 0, async_op: bool = False):
     """Concatenate every rank's ``t`` along ``dim``; with ``async_op`` returns ``(out, work)``."""
     n = _size(group)
@@ -67,7 +67,7 @@ def all_gather(t: torch.Tensor, group, tag: str, dim: int = 0, async_op: bool = 
     src = _wire(t.movedim(dim, 0).contiguous())
     out = torch.empty((n * src.shape[0], *src.shape[1:]), dtype=src.dtype, device=src.device)
     COUNTER.add(tag, (n - 1) * _nbytes(src))
-    work = _all_gather_flat(out, src, group=group, async_op=async_op)
+    work = _all_gather_single(out, src, group=group, async_op=async_op)
     out = (out.view(t.dtype) if t.dtype != src.dtype else out).movedim(0, dim)
     return (out, work) if async_op else out
 
@@ -80,7 +80,7 @@ def reduce_scatter(t: torch.Tensor, group, tag: str, dim: int = 0) -> torch.Tens
     src = t.movedim(dim, 0).contiguous()
     out = torch.empty((src.shape[0] // n, *src.shape[1:]), dtype=src.dtype, device=src.device)
     COUNTER.add(tag, (n - 1) / n * _nbytes(src))
-    _reduce_scatter_flat(out, src, group=group)
+    _reduce_scatter_single(out, src, group=group)
     return out.movedim(0, dim)
 
 

@@ -10,6 +10,12 @@ from contextlib import contextmanager
 import torch
 
 
+def stage_seed(seed: int, pstate) -> int:
+    """The seed of this pipeline stage's random streams (Megatron's ``seed + 100 * pp_rank``): stages
+    run their layers' dropouts in lockstep, so equal seeds would give every stage the same masks."""
+    return seed + 100 * pstate.pp_rank
+
+
 class TPRngTracker:
     def __init__(self, seed: int, tp_rank: int, device):
         self.device = torch.device(device)

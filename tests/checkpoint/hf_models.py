@@ -1,0 +1,58 @@
+"""Random small GPT-2 and Llama models with small trained tokenizers, saved like Hub models (offline)."""
+
+import inspect
+import json
+
+import torch
+
+VOCAB = 300
+SCALE = 0.2  # large enough that exact vs tanh GeLU moves the logits by >1e-3
+
+
+def tokenizer(specials: list[str], eos: str, bos: str):
+    """A byte-level BPE of VOCAB tokens trained on standard-library source, as a transformers tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    text = inspect.getsource(json.decoder).splitlines() + inspect.getsource(json.encoder).splitlines()
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(text, trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=specials, show_progress=False,
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    assert tok.get_vocab_size() == VOCAB
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, bos_token=bos)
+
+
+def _perturb(model, seed: int) -> None:
+    """Move every tensor off its default init (ones/zeros norms and biases would hide swapped tensors)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * SCALE)
+
+
+def build(name: str, directory: str):
+    """Save the variant ``name`` (model + tokenizer) into ``directory``; returns (directory, model.eval())."""
+    import transformers
+
+    torch.manual_seed(0)
+    if name.startswith("gpt2"):
+        untied = name == "gpt2_untied_exact_gelu"
+        config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=VOCAB, n_positions=64,
+                                         bos_token_id=0, eos_token_id=0, tie_word_embeddings=not untied,
+                                         activation_function="gelu" if untied else "gelu_new")
+        model, tok = transformers.GPT2LMHeadModel(config), tokenizer(["<|endoftext|>"], "<|endoftext|>",
+                                                                      "<|endoftext|>")
+    else:
+        variant = name == "llama_tied_bias"
+        config = transformers.LlamaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4,
+                                          num_key_value_heads=4, intermediate_size=176, vocab_size=VOCAB,
+                                          max_position_embeddings=64, rope_theta=50000.0, rms_norm_eps=1e-5,
+                                          tie_word_embeddings=variant, attention_bias=variant, mlp_bias=variant,
+                                          bos_token_id=1, eos_token_id=2)
+        model, tok = transformers.LlamaForCausalLM(config), tokenizer(["<unk>", "<s>", "</s>"], "</s>", "<s>")
+    _perturb(model, seed=len(name))
+    model.save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory, model.eval()
