@@ -33,7 +33,7 @@ def make_parameter(full: torch.Tensor, *, policy: PrecisionPolicy, fp8_eligible:
     everything else takes the compute dtype.
     """
     local = full.chunk(tp_size, dim=partition_dim)[tp_rank] if partition_dim is not None else full
-    local = local.contiguous().to(device)
+    local = local.to(device=device, copy=True)  # a copy: a chunk view would keep the whole tensor alive
     dtype = policy.weight if fp8_eligible else policy.compute
     if is_scaled(dtype):
         q = Fp8Tensor.quantize_current(local, dtype)

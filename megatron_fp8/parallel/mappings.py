@@ -37,7 +37,7 @@ class _ScatterToSP(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, group, rank, size):
         ctx.group = group
-        return x.chunk(size, dim=0)[rank].contiguous()
+        return x.chunk(size, dim=0)[rank].clone()  # not a view: saving it must not keep the full tensor
 
     @staticmethod
     def backward(ctx, g):

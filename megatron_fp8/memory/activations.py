@@ -1,0 +1,160 @@
+"""Bytes autograd keeps for backward in one micro-batch's forward pass on one rank, op by op.
+
+Learned from ActivationMeter on this implementation (every storage counted once), per layer:
+- each norm keeps its input (residual stream; split along the sequence under SP) and its statistics;
+- each FP8 linear keeps only the FP8 transpose of its input (1 byte/element; column-parallel inputs are
+  whole-sequence, since the FP8 all-gather happens inside) and its scale_inv; at ``off`` F.linear keeps the
+  compute-dtype input instead;
+- attention keeps SDPA's q/k/v (views of the QKV output, or RoPE'd copies), its output and logsumexp
+  (fused kernels), or, on CPU with attention dropout, the math path's float32 scores, mask and
+  probabilities (s x s per head);
+- the MLP keeps the GeLU input (SwiGLU: fc1's output and silu's output);
+- dropout keeps its mask: bool on CUDA (fused kernel), the compute dtype on CPU (x * mask);
+- embeddings keep the token ids (and position ids), the loss keeps the FP32 softmax over the local
+  vocabulary plus labels.
+Parameters that ops save (norm weights, the head weight, linear weights at ``off``) are counted by the
+meter but are no extra memory: they are returned apart, as ``saved_params``.
+``cuda=False`` is measured here to the byte (tests/test_memory_plan.py); ``cuda=True`` swaps in what the
+CUDA kernels are documented to save (bool dropout masks, flash/efficient attention, FP32 norm statistics,
+fused RMSNorm, SDPA output not laid out sequence-major) and has not been measured on a GPU.
+"""
+
+from dataclasses import dataclass
+
+
+from ..config import Config
+from ..fp8.blockwise import BLOCK
+
+INT64, BOOL, FP32 = 8, 1, 4
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """Per-rank sizes of one micro-batch (tokens = seq x micro-batch)."""
+
+    seq: int
+    batch: int
+    hidden: int
+    ffn: int
+    heads: int  # heads on this TP rank
+    head_dim: int
+    tp: int
+    sp: bool
+    elem: int  # compute dtype bytes
+
+    @property
+    def tokens(self) -> int:
+        return self.seq * self.batch
+
+    @property
+    def stream(self) -> int:
+        """Elements of the residual stream on this rank ([s/tp, b, h] under SP)."""
+        return self.tokens * self.hidden // (self.tp if self.sp else 1)
+
+
+def shapes(config: Config) -> Shapes:
+    m, p = config.model, config.parallel
+    tp = p.tensor_model_parallel_size
+    return Shapes(m.seq_length, config.training.micro_batch_size, m.hidden_size, m.ffn_hidden_size,
+                  m.num_attention_heads // tp, m.head_dim, tp, p.sequence_parallel and tp > 1,
+                  config.precision.policy.compute.itemsize)
+
+
+def _norm(config: Config, sh: Shapes, cuda: bool) -> int:
+    rows = sh.stream // sh.hidden
+    if config.model.normalization == "LayerNorm":  # input, mean, rstd
+        return sh.stream * sh.elem + 2 * rows * (FP32 if cuda else sh.elem)
+    if cuda:  # rms_norm dispatches to _fused_rms_norm on CUDA: input and float32 rstd
+        return sh.stream * sh.elem + rows * FP32
+    return 2 * sh.stream * FP32 + rows * FP32  # CPU composite: float32 input and normalised copy, rstd
+
+
+def _linear_input(config: Config, sh: Shapes, rows: int, cols: int) -> int:
+    """What one linear keeps of its [rows, cols] input."""
+    if not config.precision.policy.fp8_gemm:
+        return rows * cols * sh.elem
+    recipe = config.precision.recipe.recipe
+    scales = cols * -(-rows // BLOCK) * FP32 if recipe == "blockwise" else FP32
+    return rows * cols + scales
+
+
+def _dropout_mask(sh: Shapes, numel: int, p: float, cuda: bool) -> int:
+    return 0 if p == 0 else numel * (BOOL if cuda else sh.elem)
+
+
+def _attention(config: Config, sh: Shapes, cuda: bool) -> int:
+    m = config.model
+    local = sh.tokens * sh.heads * sh.head_dim  # one of q, k, v on this rank
+    rope = m.position_embedding_type == "rope"
+    if cuda or m.attention_dropout == 0:  # fused SDPA: inputs, output, logsumexp
+        qkv = 3 * local * sh.elem + (2 * local * sh.elem if rope else 0)
+        return qkv + local * sh.elem + sh.batch * sh.heads * sh.seq * FP32
+    # CPU math path (dropout): float32 scaled q and k, v, and scores, dropout mask, dropped scores
+    v = 3 * local * FP32 if sh.elem == FP32 else local * FP32  # FP32: a view of the QKV output; BF16: a copy
+    return 2 * local * FP32 + v + 3 * sh.batch * sh.heads * sh.seq * sh.seq * FP32
+
+
+def layer_bytes(config: Config, cuda: bool) -> int:
+    """One transformer layer, one micro-batch, everything kept (no recomputation)."""
+    m, sh = config.model, shapes(config)
+    tokens, ffn_local, h_local = sh.tokens, sh.ffn // sh.tp, sh.heads * sh.head_dim
+    total = 2 * _norm(config, sh, cuda)
+    total += _linear_input(config, sh, tokens, sh.hidden)  # QKV (whole sequence)
+    total += _attention(config, sh, cuda)
+    # attention output projection; at ``off`` its input is SDPA's output, already kept where the CPU fused
+    # kernel writes it sequence-major (the reshape is a view), a fresh copy otherwise
+    view = not config.precision.policy.fp8_gemm and not cuda and m.attention_dropout == 0
+    total += 0 if view else _linear_input(config, sh, tokens, h_local)
+    total += _linear_input(config, sh, tokens, sh.hidden)  # fc1 (whole sequence)
+    total += tokens * ffn_local * sh.elem * (3 if m.swiglu else 1)  # GeLU input / fc1 output + silu output
+    total += _linear_input(config, sh, tokens, ffn_local)  # fc2
+    total += 2 * _dropout_mask(sh, sh.stream, m.hidden_dropout, cuda)
+    return total
+
+
+def embedding_bytes(config: Config, cuda: bool) -> int:
+    """First stage: token ids (TP: shifted ids and the out-of-range mask), position ids, dropout mask."""
+    m, sh = config.model, shapes(config)
+    total = sh.tokens * INT64 + (sh.tokens * BOOL if sh.tp > 1 else 0)
+    if m.position_embedding_type == "learned_absolute":
+        total += sh.seq * INT64  # arange(seq), expanded over the batch
+    return total + _dropout_mask(sh, sh.stream, m.hidden_dropout, cuda)
+
+
+def rope_bytes(config: Config) -> int:
+    """The cos/sin tables every layer's RoPE multiplies by (saved once per forward)."""
+    m = config.model
+    if m.position_embedding_type != "rope":
+        return 0
+    return 2 * m.seq_length * m.head_dim * config.precision.policy.compute.itemsize
+
+
+def head_bytes(config: Config, cuda: bool) -> int:
+    """Last stage: final norm, the head's input (whole sequence), FP32 softmax over the local vocabulary,
+    labels and their in-range mask."""
+    sh = shapes(config)
+    vocab_local = config.model.vocab_size // sh.tp
+    return (_norm(config, sh, cuda) + sh.tokens * sh.hidden * sh.elem + sh.tokens * vocab_local * FP32
+            + sh.tokens * (INT64 + BOOL))
+
+
+def layer_input_bytes(config: Config) -> int:
+    """What full-layer recomputation keeps of each layer: its input."""
+    sh = shapes(config)
+    return sh.stream * sh.elem
+
+
+def saved_param_bytes(config: Config, layers: int, last: bool, cuda: bool) -> int:
+    """Storage of the parameters that ops save for backward: counted by ActivationMeter, no extra memory."""
+    m, sh, policy = config.model, shapes(config), config.precision.policy
+    rows_split = sh.tp
+    norm = sh.hidden * (2 if m.normalization == "LayerNorm" else 1)
+    per_layer = 2 * norm
+    if not policy.fp8_gemm:  # F.linear keeps its weight
+        fc1 = 2 * sh.ffn if m.swiglu else sh.ffn
+        column = (3 * sh.hidden + fc1) * sh.hidden // rows_split  # QKV, fc1
+        per_layer += column + (sh.hidden + sh.ffn) * sh.hidden // sh.tp  # + proj, fc2 (split along columns)
+    total = layers * per_layer
+    if last:
+        total += norm + m.vocab_size // rows_split * sh.hidden
+    return total * sh.elem

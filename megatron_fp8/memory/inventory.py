@@ -1,0 +1,101 @@
+"""The parameters one rank holds, as (name, local shape, FP8-eligible), in GPTModel's registration order.
+
+Mirrors model/gpt.py, model/transformer.py, model/attention.py, model/mlp.py and layers/: TP splits the
+linears (column-parallel: output rows; row-parallel: input columns) and the vocabulary; PP gives each
+stage ``num_layers / pp`` layers, the first stage the embeddings, the last the final norm and the head
+(a copy of the tied embedding when the first and last stages differ).
+"""
+
+from dataclasses import dataclass
+from math import prod
+
+from ..config import Config
+
+
+@dataclass(frozen=True, eq=False)
+class ParamSpec:
+    """Duck-types the few ``nn.Parameter`` attributes the ownership rule reads (``numel``, ``fp8_eligible``)."""
+
+    name: str
+    shape: tuple[int, ...]
+    fp8_eligible: bool = False
+
+    def numel(self) -> int:
+        return prod(self.shape)
+
+
+def check_layout(config: Config, world_size: int) -> int:
+    """Validate the layout for ``world_size`` ranks as training would; returns the data-parallel size.
+
+    Config.check_world covers heads, layers and the batch; the rest are the splits the parallel layers
+    refuse at build time, reported here with the flag to change.
+    """
+    if world_size < 1:
+        raise ValueError(f"--world-size must be positive, got {world_size}")
+    dp = config.check_world(world_size)
+    m, p = config.model, config.parallel
+    tp = p.tensor_model_parallel_size
+    if m.vocab_size is None:
+        raise ValueError("--vocab-size: the planner needs the vocabulary size")
+    if m.ffn_hidden_size % tp:  # fc2's input columns, and each of SwiGLU's two fc1 blocks
+        raise ValueError(f"--ffn-hidden-size {m.ffn_hidden_size} is not divisible by "
+                         f"--tensor-model-parallel-size {tp}")
+    if m.vocab_size % tp:
+        raise ValueError(f"padded vocabulary {m.vocab_size} is not divisible by --tensor-model-parallel-size {tp} "
+                         "(--make-vocab-size-divisible-by)")
+    if p.sequence_parallel and tp > 1 and m.seq_length % tp:
+        raise ValueError(f"--seq-length {m.seq_length} is not divisible by --tensor-model-parallel-size {tp} "
+                         "(needed by --sequence-parallel)")
+    return dp
+
+
+def _layer(config: Config, index: int, tp: int) -> list[ParamSpec]:
+    m = config.model
+    h, ffn = m.hidden_size, m.ffn_hidden_size
+    fc1 = 2 * ffn if m.swiglu else ffn
+    prefix = f"decoder.layers.{index}"
+
+    def norm(name):
+        out = [ParamSpec(f"{prefix}.{name}.weight", (h,))]
+        return out + ([ParamSpec(f"{prefix}.{name}.bias", (h,))] if m.normalization == "LayerNorm" else [])
+
+    def linear(name, rows, cols, bias_rows):
+        out = [ParamSpec(f"{prefix}.{name}.weight", (rows, cols), fp8_eligible=True)]
+        return out + ([ParamSpec(f"{prefix}.{name}.bias", (bias_rows,))] if m.add_bias_linear else [])
+
+    return (norm("input_layernorm")
+            + linear("self_attention.linear_qkv", 3 * h // tp, h, 3 * h // tp)
+            + linear("self_attention.linear_proj", h, h // tp, h)
+            + norm("pre_mlp_layernorm")
+            + linear("mlp.linear_fc1", fc1 // tp, h, fc1 // tp)
+            + linear("mlp.linear_fc2", h, ffn // tp, h))
+
+
+def stage_params(config: Config, pp_rank: int = 0) -> list[ParamSpec]:
+    """The parameters of one TP rank of pipeline stage ``pp_rank`` (every TP rank holds the same sizes)."""
+    m, p = config.model, config.parallel
+    tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
+    first, last = pp_rank == 0, pp_rank == pp - 1
+    tied = not m.untie_embeddings_and_output_weights
+    h, vocab_local = m.hidden_size, m.vocab_size // tp
+    params = []
+    if last and (not tied or not first):  # registered directly on GPTModel, so listed first
+        params.append(ParamSpec("output_layer.weight" if not tied else "embedding.word_embeddings.weight",
+                                (vocab_local, h)))
+    if first:
+        params.append(ParamSpec("embedding.word_embeddings.weight", (vocab_local, h)))
+        if m.position_embedding_type == "learned_absolute":
+            params.append(ParamSpec("embedding.position_embeddings.weight", (m.max_position_embeddings, h)))
+    per_stage = m.num_layers // pp
+    for i in range(pp_rank * per_stage, (pp_rank + 1) * per_stage):
+        params += _layer(config, i, tp)
+    if last:
+        params.append(ParamSpec("decoder.final_layernorm.weight", (h,)))
+        if m.normalization == "LayerNorm":
+            params.append(ParamSpec("decoder.final_layernorm.bias", (h,)))
+    return params
+
+
+def total_params(config: Config) -> int:
+    """Parameters of the whole model (one copy of everything, tied embedding counted once)."""
+    return sum(q.numel() for q in stage_params(Config(model=config.model), 0))  # TP 1, PP 1

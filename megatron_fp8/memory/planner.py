@@ -1,0 +1,111 @@
+"""Per-GPU memory of a training run: model states of the rank, its FP8 caches and its activations.
+
+Every pipeline stage and data-parallel rank is planned (stages hold different layers, embeddings and
+head; ranks own different optimizer state under the distributed optimizer) and the fullest one is
+reported, since that is the GPU that runs out first. Activations follow the 1F1B schedule: stage ``r``
+of ``pp`` holds up to ``pp - r`` micro-batches in flight. Not modelled: transient buffers (gradients of
+activations, the logits' gradient, communication buckets), the CUDA context and allocator slack.
+"""
+
+from dataclasses import asdict, dataclass, field
+
+from ..config import Config
+from . import activations as act
+from .inventory import check_layout, stage_params, total_params
+from .states import STATE_KEYS, fp8_scaling_state, fp8_weight_cache, model_states
+
+GIB = 1 << 30
+CATEGORIES = STATE_KEYS + ("fp8_weight_cache", "fp8_scaling_state", "activations")
+
+
+@dataclass
+class MemoryPlan:
+    """Bytes per category on the fullest GPU, and what produced them."""
+
+    bytes: dict  # CATEGORIES -> bytes (activations as chosen: with or without recomputation)
+    pp_rank: int
+    dp_rank: int
+    layout: dict  # tp, pp, dp, sp, distributed_optimizer, world_size
+    level: str
+    device: str
+    recompute: bool
+    in_flight: int  # micro-batches whose activations this stage holds at once
+    activations_full: int  # no recomputation, all micro-batches in flight
+    activations_recompute: int  # full-layer recomputation: layer inputs kept, one layer live
+    activations_per_micro_batch: int  # one forward, no recomputation (what ActivationMeter measures)
+    saved_params: int  # parameters/buffers ops save for backward: counted by the meter, no extra memory
+    params_total: int  # the whole model
+    eligible_params: int  # FP8-eligible parameters on this GPU
+    eligible_state_bytes: int  # weights + grads + master + moments of those parameters on this GPU
+    design_bytes_per_param: float  # DESIGN §1 for this level and layout
+    stage_totals: list = field(default_factory=list)  # fullest rank of each stage, bytes
+
+    @property
+    def total(self) -> int:
+        return sum(self.bytes.values())
+
+    @property
+    def planned_bytes_per_param(self) -> float:
+        return self.eligible_state_bytes / max(1, self.eligible_params)
+
+    def as_trainer_memory(self) -> dict:
+        """The figures in Trainer.memory()'s keys and meaning (activations_peak: one micro-batch, meter view)."""
+        out = {k: self.bytes[k] for k in STATE_KEYS}
+        out["activations_peak"] = self.activations_per_micro_batch + self.saved_params
+        return out
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(total=self.total, planned_bytes_per_param=self.planned_bytes_per_param)
+        return d
+
+
+def _stage_activations(config: Config, pp_rank: int, in_flight: int, cuda: bool) -> tuple[int, int, int, int]:
+    """(per micro-batch, full schedule, with recomputation, saved parameters) for one stage."""
+    pp = config.parallel.pipeline_model_parallel_size
+    layers = config.model.num_layers // pp
+    first, last = pp_rank == 0, pp_rank == pp - 1
+    ends = (act.embedding_bytes(config, cuda) if first else 0) + (act.head_bytes(config, cuda) if last else 0)
+    one_layer = act.layer_bytes(config, cuda)
+    per_micro = layers * one_layer + ends
+    recompute = in_flight * (layers * act.layer_input_bytes(config) + ends) + one_layer
+    saved = act.saved_param_bytes(config, layers, last, cuda) + act.rope_bytes(config)
+    return per_micro, in_flight * per_micro, recompute, saved
+
+
+def plan_memory(config: Config, world_size: int, device: str = "cuda", recompute: bool = False,
+                pp_rank: int | None = None, dp_rank: int | None = None) -> MemoryPlan:
+    """Plan one GPU: the fullest one unless ``pp_rank``/``dp_rank`` pick a rank.
+
+    ``config.model.vocab_size`` must be the padded vocabulary (as GPTModel sees it). ``device`` selects
+    the kernels whose saved tensors differ (fused dropout and attention on ``cuda``).
+    """
+    dp = check_layout(config, world_size)
+    p, policy, t = config.parallel, config.precision.policy, config.training
+    pp, cuda = p.pipeline_model_parallel_size, device == "cuda"
+    micro_batches = t.global_batch_size // (t.micro_batch_size * dp)
+    blockwise = config.precision.recipe.recipe == "blockwise"
+    candidates, stage_totals = [], []
+    for r in range(pp) if pp_rank is None else [pp_rank]:
+        params = stage_params(config, r)
+        in_flight = min(pp - r, micro_batches) if pp > 1 else 1
+        per_micro, full, with_recompute, saved = _stage_activations(config, r, in_flight, cuda)
+        fixed = {"fp8_weight_cache": fp8_weight_cache(params, policy, blockwise),
+                 "fp8_scaling_state": fp8_scaling_state(params, policy, config.precision.recipe.amax_history_len),
+                 "activations": with_recompute if recompute else full}
+        ranks = model_states(params, policy, dp, p.use_distributed_optimizer)
+        eligible = model_states(params, policy, dp, p.use_distributed_optimizer, eligible_only=True)
+        for d in range(dp) if dp_rank is None else [dp_rank]:
+            candidates.append(dict(
+                bytes={**ranks[d], **fixed}, pp_rank=r, dp_rank=d, in_flight=in_flight, activations_full=full,
+                activations_recompute=with_recompute, activations_per_micro_batch=per_micro, saved_params=saved,
+                eligible_params=sum(q.numel() for q in params if q.fp8_eligible),
+                eligible_state_bytes=sum(eligible[d].values())))
+        stage_totals.append(max(sum(c["bytes"].values()) for c in candidates if c["pp_rank"] == r))
+    worst = max(candidates, key=lambda c: sum(c["bytes"].values()))
+    layout = dict(tp=p.tensor_model_parallel_size, pp=pp, dp=dp, sp=p.sequence_parallel,
+                  distributed_optimizer=p.use_distributed_optimizer, world_size=world_size)
+    design = policy.eligible_bytes_per_param(dp, p.use_distributed_optimizer)
+    return MemoryPlan(layout=layout, level=config.precision.fp8_level, device=device, recompute=recompute,
+                      params_total=total_params(config), design_bytes_per_param=design,
+                      stage_totals=stage_totals, **worst)
