@@ -15,7 +15,7 @@ from megatron_fp8.training import pretrain  # noqa: E402
 
 # `python pretrain_gpt.py` with no flags: a short FP8 (O2) run on the built-in default corpus that
 # learns visibly, evaluates and saves a checkpoint within a few minutes on two CPU cores.
-QUICKSTART = ["--train-iters", "150", "--lr", "2e-3", "--min-lr", "2e-4", "--lr-warmup-iters", "15",
+QUICKSTART = ["--seq-length", "128", "--train-iters", "150", "--lr", "2e-3", "--min-lr", "2e-4", "--lr-warmup-iters", "15",
               "--log-interval", "10", "--eval-interval", "75", "--eval-iters", "4",
               "--hidden-dropout", "0", "--attention-dropout", "0", "--save", "checkpoints/gpt_quickstart"]
 
