@@ -23,7 +23,7 @@ def _extension_build():
         return [], {}
     from megatron_fp8.fp8.kernel_build import extension_kwargs
 
-    kwargs = extension_kwargs(HERE)
+    kwargs = extension_kwargs(HERE, relative=True)  # setuptools wants relative sources
     use_cuda = kwargs.pop("use_cuda")
     ext_cls = cpp_extension.CUDAExtension if use_cuda else cpp_extension.CppExtension
     ext = ext_cls(name="megatron_fp8._C", **kwargs)
@@ -41,13 +41,18 @@ def _extension_build():
     return [ext], {"build_ext": OptionalBuildExt.with_options(use_ninja=True)}
 
 
+def _readme() -> str:
+    path = os.path.join(HERE, "README.md")
+    return open(path, encoding="utf-8").read() if os.path.exists(path) else ""
+
+
 ext_modules, cmdclass = _extension_build()
 
 setup(
     name="megatron_fp8",
     version="0.1.0",
     description="Megatron-style GPT pretraining with FP8 weights, gradients, communication and optimizer states",
-    long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
+    long_description=_readme(),
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",

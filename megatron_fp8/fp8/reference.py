@@ -139,7 +139,11 @@ def adamw_math(t: AdamWTensors, c: dict):
     g = load(t.grad, t.grad_sinv) * c["grad_scale"]
     m = load(t.exp_avg, t.exp_avg_sinv) * c["beta1"] + g * c["one_minus_beta1"]
     v = load(t.exp_avg_sq, t.exp_avg_sq_sinv) * c["beta2"] + (g * g) * c["one_minus_beta2"]
-    denom = torch.sqrt(v) / c["bc2_sqrt"] + c["eps"]
+    # IEEE sqrt and division, as the kernels compute them: torch.sqrt(float32) on CPU is off by one ulp
+    # for ~16% of inputs (the float64 sqrt rounded to float32 is the correctly rounded float32 sqrt),
+    # and CUDA divides by a Python scalar through its reciprocal (a tensor divisor is a true division).
+    bc2_sqrt = torch.tensor(c["bc2_sqrt"], dtype=torch.float32, device=v.device)
+    denom = torch.sqrt(v.double()).float() / bc2_sqrt + c["eps"]
     p = load(t.master, t.master_sinv) * c["decay"] - (m / denom) * c["step_size"]
     return p, m, v
 

@@ -1,0 +1,85 @@
+// Framework-agnostic kernel API: raw pointers, element counts, a DType per buffer, and float32 scalars
+// passed by pointer (scale, scale_inv, amax) so the CUDA versions read and write device memory without
+// host syncs. The semantics of every function are those of megatron_fp8/fp8/reference.py; callers
+// (csrc/bindings.cpp) validate shapes, dtypes and devices. "Scaled" dtypes are F16, E4M3 and E5M2.
+#pragma once
+
+#include <cstdint>
+
+#include "mfp8/numerics.h"
+
+namespace mfp8 {
+
+// One parameter of the multi-tensor AdamW step (the fields of reference.AdamWTensors). All buffers hold
+// `n` elements. A scale_inv pointer is used only for a scaled dtype: read for inputs, read and then
+// overwritten with the fresh scale_inv for outputs. `weight` may be null (no extra copy).
+struct AdamWParam {
+  int64_t n;
+  void* master;
+  DType master_dtype;
+  float* master_sinv;
+  const void* grad;
+  DType grad_dtype;
+  const float* grad_sinv;
+  void* exp_avg;
+  DType exp_avg_dtype;
+  float* exp_avg_sinv;
+  void* exp_avg_sq;
+  DType exp_avg_sq_dtype;
+  float* exp_avg_sq_sinv;
+  void* weight;
+  DType weight_dtype;
+  float* weight_sinv;
+};
+
+// ---- CPU (OpenMP) ----------------------------------------------------------------------------------
+
+// out[i] = store(x[i], *scale, out_dtype); *amax = NaN-propagating max |x| (0 for n == 0).
+void scale_cast_amax_cpu(const void* x, DType x_dtype, void* out, DType out_dtype, int64_t n,
+                         const float* scale, float* amax);
+
+// As scale_cast_amax for a row-major rows x cols x, also writing out_t (cols x rows) = out transposed.
+void cast_transpose_amax_cpu(const void* x, DType x_dtype, void* out, void* out_t, DType out_dtype,
+                             int64_t rows, int64_t cols, const float* scale, float* amax);
+
+// acc = store(load(acc, *acc_sinv) + grad, fresh scale); *acc_sinv = 1 / that scale; *amax = amax(sum).
+void fp8_accumulate_cpu(void* acc, DType acc_dtype, float* acc_sinv, const void* grad, DType grad_dtype,
+                        int64_t n, int margin, float* amax);
+
+// out = store(factor * sum_s load(shards[s], scale_invs[s]), fresh scale) for num_shards contiguous
+// shards of n elements; writes *out_sinv and *amax. prev_sinv may be null (previous scale 1).
+void sum_shards_cpu(const void* shards, DType shard_dtype, int64_t num_shards, const float* scale_invs,
+                    void* out, DType out_dtype, int64_t n, float factor, int margin,
+                    const float* prev_sinv, float* out_sinv, float* amax);
+
+// One AdamW step over `count` parameters, in place.
+void adamw_step_cpu(const AdamWParam* params, int64_t count, const AdamWConsts& consts, int margin);
+
+// ---- CUDA (stream is a cudaStream_t; every pointer is device memory) -------------------------------
+// Launchers are asynchronous and return nullptr, or the CUDA error string of a failed launch.
+#if defined(MFP8_WITH_CUDA)
+const char* scale_cast_amax_cuda(const void* x, DType x_dtype, void* out, DType out_dtype, int64_t n,
+                                 const float* scale, float* amax, void* stream);
+
+const char* cast_transpose_amax_cuda(const void* x, DType x_dtype, void* out, void* out_t,
+                                     DType out_dtype, int64_t rows, int64_t cols, const float* scale,
+                                     float* amax, void* stream);
+
+const char* fp8_accumulate_cuda(void* acc, DType acc_dtype, float* acc_sinv, const void* grad,
+                                DType grad_dtype, int64_t n, int margin, float* amax, void* stream);
+
+const char* sum_shards_cuda(const void* shards, DType shard_dtype, int64_t num_shards,
+                            const float* scale_invs, void* out, DType out_dtype, int64_t n, float factor,
+                            int margin, const float* prev_sinv, float* out_sinv, float* amax,
+                            void* stream);
+
+// Device scratch the AdamW launcher needs: floats per parameter (the amaxes of m, v and p).
+constexpr int64_t kAdamWWorkspacePerParam = 3;
+
+// `params` is a host array (its pointers are device memory); `workspace` holds
+// kAdamWWorkspacePerParam * count device floats.
+const char* adamw_step_cuda(const AdamWParam* params, int64_t count, const AdamWConsts& consts,
+                            int margin, float* workspace, void* stream);
+#endif
+
+}  // namespace mfp8
