@@ -59,7 +59,8 @@ setup(
     packages=find_packages(include=["megatron_fp8", "megatron_fp8.*"]),
     install_requires=["torch>=2.4", "numpy", "sentencepiece", "regex", "pybind11", "ninja"],
     extras_require={
-        "test": ["pytest>=7"],
+        # transformers/tokenizers let the Hugging Face import/export tests run (offline, random models)
+        "test": ["pytest>=7", "transformers", "tokenizers", "safetensors"],
         "hf": ["transformers", "tokenizers", "safetensors"],
         "tb": ["tensorboard"],
         "bench": ["torchao", "matplotlib"],
