@@ -13,27 +13,30 @@ import torch.nn as nn
 from ..fp8.tensor import Fp8Tensor
 
 
-def _real_grad(param: nn.Parameter) -> torch.Tensor:
-    g = param.main_grad
-    return g.dequantize() if isinstance(g, Fp8Tensor) else g.float()
+def _sum_of_squares(grads: list) -> torch.Tensor:
+    """Sum of squares of the real gradient values; FP8 ones as ``scale_inv^2 * sum(q^2)`` (no dequantized copy)."""
+    floats = [g for g in grads if not isinstance(g, Fp8Tensor)]
+    total = torch.stack(torch._foreach_norm(floats)).square().sum() if floats else torch.zeros(())
+    for g in grads:
+        if isinstance(g, Fp8Tensor):
+            total = total + torch.linalg.vector_norm(g.data.float()).square() * g.scale_inv.square()
+    return total
+
+
+def _nonfinite(grads: list) -> torch.Tensor:
+    """1 if any gradient holds inf/NaN: FP8 ones by their sticky amax (their values saturate)."""
+    flags = [(~torch.isfinite(g.amax)).float() if isinstance(g, Fp8Tensor) else (~torch.isfinite(g)).any().float()
+             for g in grads]
+    return torch.stack(flags).amax() if flags else torch.zeros(())
 
 
 def grad_norm_and_overflow(params: list[nn.Parameter], counted: Callable[[nn.Parameter], bool] = lambda p: True,
                            reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None):
     """``(norm, found_nonfinite)`` over the main gradients as 0-dim tensors. ``counted`` excludes
     replicas from the norm; overflow is checked on every parameter."""
-    device = params[0].device
-    sq = torch.zeros((), dtype=torch.float32, device=device)
-    bad = torch.zeros((), dtype=torch.float32, device=device)
-    for p in params:
-        g = _real_grad(p)
-        if counted(p):
-            sq += g.square().sum()
-        else:
-            bad += (~torch.isfinite(g)).any().float()
-        if isinstance(p.main_grad, Fp8Tensor) and p.main_grad.amax is not None:
-            bad += (~torch.isfinite(p.main_grad.amax)).float()
-    stats = torch.stack([sq, bad])
+    grads = [p.main_grad for p in params]
+    sq = _sum_of_squares([p.main_grad for p in params if counted(p)]).to(params[0].device)
+    stats = torch.stack([sq.float(), _nonfinite(grads).to(sq.device)])
     if reduce_sum is not None:
         stats = reduce_sum(stats)
     norm = stats[0].sqrt()
