@@ -268,6 +268,7 @@ def pretrain(config: Config, printer=print) -> dict:
             if valid_ds is not None and t.eval_iters and p.iteration % t.eval_interval == 0:
                 summary["valid_loss"] = trainer.evaluate(valid_ds, t.eval_iters)
                 logger.log_eval(p.iteration, summary["valid_loss"])
+                comm.COUNTER.take()  # the next log line reports training traffic only
             trainer.poll_saves()
             if t.save and t.save_interval and p.iteration % t.save_interval == 0:
                 blocked = trainer.save(t.save, t.async_save)

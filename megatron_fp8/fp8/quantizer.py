@@ -31,6 +31,7 @@ class TensorQuantizer:
         meta_recipe = "delayed" if recipe.recipe == "delayed" else "current"
         self.meta = ScalingMeta(dtype_max(dtype), meta_recipe, recipe.amax_history_len,
                                 recipe.amax_compute_algo, recipe.margin, device)
+        self._has_history = False  # delayed scaling casts with current scaling until it has an amax
 
     @property
     def blockwise(self) -> bool:
@@ -46,12 +47,13 @@ class TensorQuantizer:
             q_t = BlockwiseFp8Tensor.quantize(x.t(), TILE_1x128, self.dtype, self.recipe.margin) \
                 if with_transpose else None
             return q, q_t
-        if self.meta.delayed:
+        if self.meta.delayed and self._has_history:
             scale = self.meta.scale.clone()
-        else:
+        else:  # current scaling, and the first cast of a delayed recipe (a scale of 1 would underflow)
             scale = self.meta.scale_for(self._reduce(tensor_amax(x)))
         data, data_t, amax = _cast(x, scale, self.dtype, with_transpose)
         self.meta.record_amax(self._reduce(amax))
+        self._has_history = True
         scale_inv = 1.0 / scale
         return Fp8Tensor(data, scale_inv, amax), (Fp8Tensor(data_t, scale_inv) if with_transpose else None)
 
@@ -60,6 +62,7 @@ class TensorQuantizer:
 
     def load_state_dict(self, state: dict) -> None:
         self.meta.load_state_dict(state)
+        self._has_history = bool(self.meta.amax_history.max() > 0)
 
 
 def _cast(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, with_transpose: bool):

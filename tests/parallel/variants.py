@@ -1,0 +1,27 @@
+"""The tiny models the parallel tests compare, by name (picklable: workers rebuild them from the name)."""
+
+from dataclasses import replace
+
+from ..helpers import tiny_config
+
+
+def model_config(variant: str, level: str, tp: int = 1, pp: int = 1, sp: bool = False):
+    """``gpt``: tests/helpers' tiny GPT (LayerNorm, GeLU, learned positions, tied head).
+    ``llama``: the other side of every model switch: RMSNorm, SwiGLU (fc1 holds two stacked blocks that
+    TP splits block by block, biases included), RoPE, untied output layer.
+    ``many-micro``: the tiny GPT with 8 micro-batches of 2 per step (1F1B runs longer than the pipeline).
+    ``deep-many-micro``: the same with 4 layers, for a 4-stage pipeline."""
+    if variant == "gpt":
+        return tiny_config(level, tp, pp, sp)
+    if variant == "many-micro":
+        return tiny_config(level, tp, pp, sp, micro_batch_size=2, global_batch_size=16)
+    if variant == "deep-many-micro":
+        config = tiny_config(level, tp, pp, sp, micro_batch_size=2, global_batch_size=16)
+        config.model = replace(config.model, num_layers=4)
+        return config
+    if variant == "llama":
+        config = tiny_config(level, tp, pp, sp)
+        config.model = replace(config.model, normalization="RMSNorm", swiglu=True, position_embedding_type="rope",
+                               untie_embeddings_and_output_weights=True, ffn_hidden_size=128)
+        return config
+    raise ValueError(f"unknown test model variant {variant!r}")
