@@ -47,12 +47,14 @@ class TensorQuantizer:
             q_t = BlockwiseFp8Tensor.quantize(x.t(), TILE_1x128, self.dtype, self.recipe.margin) \
                 if with_transpose else None
             return q, q_t
+        agreed = None  # the group-wide amax, when this cast computes it up front
         if self.meta.delayed and self._has_history:
             scale = self.meta.scale.clone()
         else:  # current scaling, and the first cast of a delayed recipe (a scale of 1 would underflow)
-            scale = self.meta.scale_for(self._reduce(tensor_amax(x)))
+            agreed = self._reduce(tensor_amax(x))
+            scale = self.meta.scale_for(agreed)
         data, data_t, amax = _cast(x, scale, self.dtype, with_transpose)
-        self.meta.record_amax(self._reduce(amax))
+        self.meta.record_amax(agreed if agreed is not None else self._reduce(amax))
         self._has_history = True
         scale_inv = 1.0 / scale
         return Fp8Tensor(data, scale_inv, amax), (Fp8Tensor(data_t, scale_inv) if with_transpose else None)
