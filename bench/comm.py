@@ -8,14 +8,15 @@ against `off` with FP32 gradient all-reduce (DESIGN §3 byte convention: what on
 """
 
 import argparse
-import json
 import os
 import sys
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from results_io import save_results  # noqa: E402
 from megatron_fp8 import batches  # noqa: E402
 from megatron_fp8.config import Config, ModelConfig, ParallelConfig, PrecisionConfig, TrainingConfig  # noqa: E402
 from megatron_fp8.parallel import comm  # noqa: E402
@@ -83,10 +84,7 @@ def main(argv=None):
             ratio = f"{grad / base:.3f}" if base else "-"
             r["dp_grad_vs_off"] = grad / base if base else None
             print(f"{layout:8s} {name:12s} {grad:16.3f} {param:17.3f} {ratio:>8s} {r['model_state_bytes_per_param']:23.2f}")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"config": vars(args), "results": results}, f, indent=1)
-    print(f"wrote {args.out}")
+    save_results(args.out, vars(args), results)
 
 
 if __name__ == "__main__":

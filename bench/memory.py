@@ -6,14 +6,15 @@ bench/results/memory.json.
 """
 
 import argparse
-import json
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from results_io import save_results  # noqa: E402
 from megatron_fp8.config import Config, ModelConfig, PrecisionConfig, TrainingConfig  # noqa: E402
 from megatron_fp8.fp8.tensor import Fp8Tensor  # noqa: E402
 from megatron_fp8.memory import plan_memory  # noqa: E402
@@ -62,10 +63,7 @@ def main(argv=None):
     for level, r in results.items():
         cats = " ".join(f"{k}={v / 2**20:.1f}" for k, v in r["measured"].items())
         print(f"{level:6s} {r['bytes_per_eligible_param']:17.3f} {r['design']:10g} {100 * r['max_planner_error']:17.2f}%  {cats}")
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump({"config": vars(a), "results": results}, f, indent=1)
-    print(f"wrote {a.out}")
+    save_results(a.out, vars(a), results)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ FP32, 1.04 s/step with torchao float8 and 24 s/step under BF16 autocast.
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -18,6 +17,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from results_io import save_results  # noqa: E402
 from train_step import LEVELS, PlainGPT, bench_level, time_steps  # noqa: E402
 
 
@@ -68,10 +68,7 @@ def main(argv=None):
         r["vs_torchao_float8"] = r["step_time_s"] / ao if ao else None
         print(f"{name:16s} {r['step_time_s']:8.3f} {r['vs_plain_fp32']:14.2f} "
               f"{(r['vs_torchao_float8'] or float('nan')):15.2f}")
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump({"config": vars(a), "results": results}, f, indent=1)
-    print(f"wrote {a.out}")
+    save_results(a.out, vars(a), results)
 
 
 if __name__ == "__main__":

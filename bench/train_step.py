@@ -8,7 +8,6 @@ compare ratios, not absolute numbers).
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -19,7 +18,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from results_io import save_results  # noqa: E402
 from megatron_fp8.config import Config, ModelConfig, PrecisionConfig, TrainingConfig  # noqa: E402
 from megatron_fp8.training import Trainer  # noqa: E402
 
@@ -117,10 +118,7 @@ def main(argv=None):
         r["vs_plain_fp32"] = r["step_time_s"] / base
         print(f"{name:12s} {r['step_time_s']:8.3f} {r['vs_plain_fp32']:14.2f} {r['model_state_bytes_per_param']:20.2f} "
               f"{r.get('eligible_bytes_per_param_measured', 16):20.2f} {r.get('eligible_bytes_per_param_design', 16):7g}")
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump({"config": vars(a), "results": results}, f, indent=1)
-    print(f"wrote {a.out}")
+    save_results(a.out, vars(a), results)
 
 
 if __name__ == "__main__":
