@@ -55,28 +55,44 @@ def plot(results: dict, path: str) -> bool:
     return True
 
 
+def summarize() -> dict:
+    """Combine every level measured so far (runs of different levels may go in separate processes)."""
+    path = os.path.join(RESULTS, "parity.json")
+    saved = json.load(open(path)) if os.path.exists(path) else {"config": {}, "results": {}}
+    for name in sorted(os.listdir(RESULTS)):
+        if name.startswith("parity_level_") and name.endswith(".json"):
+            one = json.load(open(os.path.join(RESULTS, name)))
+            saved["config"] = one["config"]
+            saved["results"][one["level"]] = one["result"]
+    results = saved["results"]
+    if "off" in results:
+        ref = results["off"]["final_valid_loss"]
+        for level, r in results.items():
+            r["valid_vs_off"] = (r["final_valid_loss"] - ref) / ref
+            print(f"{level:5s} final validation loss {r['final_valid_loss']:.5f} ({100 * r['valid_vs_off']:+.3f}% vs off)")
+    with open(path, "w") as f:
+        json.dump(saved, f, indent=1)
+    if plot(results, os.path.join(RESULTS, "parity.png")):
+        print("wrote bench/results/parity.png")
+    return saved
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--levels", default="off,gemm,O1,O2,O3")
+    p.add_argument("--summarize-only", action="store_true", help="combine the levels measured so far")
     for name, default in [("train_iters", 1000), ("layers", 4), ("hidden", 256), ("heads", 4), ("seq", 128),
                           ("batch", 8), ("eval_iters", 20), ("log_interval", 10)]:
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int, default=default)
     a = p.parse_args(argv)
     os.makedirs(RESULTS, exist_ok=True)
-    results = {}
-    for level in a.levels.split(","):
-        results[level] = run_level(level, a)
-        print(f"{level:5s} final validation loss {results[level]['final_valid_loss']:.5f} "
-              f"(skipped steps: {results[level]['skipped']})", flush=True)
-    if "off" in results:
-        ref = results["off"]["final_valid_loss"]
-        for level, r in results.items():
-            r["valid_vs_off"] = (r["final_valid_loss"] - ref) / ref
-            print(f"{level:5s} valid loss vs off: {100 * r['valid_vs_off']:+.3f}%")
-    with open(os.path.join(RESULTS, "parity.json"), "w") as f:
-        json.dump({"config": vars(a), "results": results}, f, indent=1)
-    if plot(results, os.path.join(RESULTS, "parity.png")):
-        print("wrote bench/results/parity.png")
+    for level in [] if a.summarize_only else a.levels.split(","):
+        result = run_level(level, a)
+        with open(os.path.join(RESULTS, f"parity_level_{level}.json"), "w") as f:
+            json.dump({"level": level, "config": vars(a), "result": result}, f)
+        print(f"{level:5s} final validation loss {result['final_valid_loss']:.5f} (skipped steps: {result['skipped']})",
+              flush=True)
+    summarize()
 
 
 if __name__ == "__main__":
