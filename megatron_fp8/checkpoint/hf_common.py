@@ -73,6 +73,14 @@ def take(state: dict, key: str, source: str) -> torch.Tensor:
     return state.pop(key)
 
 
+def take_head(out: dict, state: dict, m: dict, source: str) -> None:
+    """The untied output head, if the model has one; a tied copy some saves keep is dropped."""
+    if m["untie_embeddings_and_output_weights"]:
+        out["output_layer.weight"] = take(state, "lm_head.weight", source)
+    else:
+        state.pop("lm_head.weight", None)
+
+
 def qkv_per_head(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
     """Stack separate Q/K/V rows ([h, ...] each, rows [heads, head_dim]) into our per-head layout
     [heads, (q, k, v), head_dim]: a TP split then hands each rank whole heads."""

@@ -7,7 +7,7 @@ GPT-2's linears are ``Conv1D`` modules whose weights are stored transposed ([in,
 
 import torch
 
-from .hf_common import qkv_per_head, refuse, split_qkv, take
+from .hf_common import qkv_per_head, refuse, split_qkv, take, take_head
 
 MODEL_TYPE = "gpt2"
 ARCHITECTURE = "GPT2LMHeadModel"
@@ -71,10 +71,7 @@ def to_megatron(state: dict, m: dict, source: str) -> tuple[dict, dict]:
         _linear(out, state, f"{src}.mlp.c_proj", f"{dst}.mlp.linear_fc2", source)
     for p in ("weight", "bias"):
         out[f"decoder.final_layernorm.{p}"] = take(state, f"ln_f.{p}", source)
-    if m["untie_embeddings_and_output_weights"]:
-        out["output_layer.weight"] = take(state, "lm_head.weight", source)
-    else:
-        state.pop("lm_head.weight", None)  # a tied copy that some saves keep
+    take_head(out, state, m, source)
     return out, state
 
 

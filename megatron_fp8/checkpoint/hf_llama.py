@@ -9,7 +9,7 @@ Grouped-query attention (fewer KV heads) is refused: our attention has one K/V h
 
 import torch
 
-from .hf_common import qkv_per_head, refuse, split_qkv, take
+from .hf_common import qkv_per_head, refuse, split_qkv, take, take_head
 
 MODEL_TYPE = "llama"
 ARCHITECTURE = "LlamaForCausalLM"
@@ -84,10 +84,7 @@ def to_megatron(state: dict, m: dict, source: str) -> tuple[dict, dict]:
             out[f"{dst}.mlp.linear_fc1.{p}"] = torch.cat([gate, up], dim=0)
             out[f"{dst}.mlp.linear_fc2.{p}"] = take(state, f"{src}.mlp.down_proj.{p}", source)
     out["decoder.final_layernorm.weight"] = take(state, "model.norm.weight", source)
-    if m["untie_embeddings_and_output_weights"]:
-        out["output_layer.weight"] = take(state, "lm_head.weight", source)
-    else:
-        state.pop("lm_head.weight", None)  # a tied copy that some saves keep
+    take_head(out, state, m, source)
     return out, state
 
 
