@@ -4,13 +4,10 @@
     torchrun --nproc-per-node N pretrain_gpt.py  # the same with tensor/pipeline/data parallelism
 """
 
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from megatron_fp8.arguments import parse_config  # noqa: E402
-from megatron_fp8.training import pretrain  # noqa: E402
+from megatron_fp8.arguments import parse_config
+from megatron_fp8.training import pretrain
 
 
 # `python pretrain_gpt.py` with no flags: a short FP8 (O2) run on the built-in default corpus that

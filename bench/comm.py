@@ -9,20 +9,17 @@ against `off` with FP32 gradient all-reduce (DESIGN §3 byte convention: what on
 
 import argparse
 import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from results_io import save_results  # noqa: E402
-from megatron_fp8 import batches  # noqa: E402
-from megatron_fp8.config import Config, ModelConfig, ParallelConfig, PrecisionConfig, TrainingConfig  # noqa: E402
-from megatron_fp8.parallel import comm  # noqa: E402
-from megatron_fp8.parallel.groups import build_state  # noqa: E402
-from megatron_fp8.parallel.local_spawn import spawn  # noqa: E402
-from megatron_fp8.training import Trainer  # noqa: E402
+from results_io import save_results
+from megatron_fp8 import batches
+from megatron_fp8.config import Config, ModelConfig, ParallelConfig, PrecisionConfig, TrainingConfig
+from megatron_fp8.parallel import comm
+from megatron_fp8.parallel.groups import build_state
+from megatron_fp8.parallel.local_spawn import spawn
+from megatron_fp8.training import Trainer
 
 RUNS = [("off", False), ("off+distopt", True), ("O1", False), ("O2", False), ("O3+distopt", True)]
 

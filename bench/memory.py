@@ -7,18 +7,15 @@ bench/results/memory.json.
 
 import argparse
 import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from results_io import save_results  # noqa: E402
-from megatron_fp8.config import Config, ModelConfig, PrecisionConfig, TrainingConfig  # noqa: E402
-from megatron_fp8.fp8.tensor import Fp8Tensor  # noqa: E402
-from megatron_fp8.memory import plan_memory  # noqa: E402
-from megatron_fp8.training import Trainer  # noqa: E402
+from results_io import save_results
+from megatron_fp8.config import Config, ModelConfig, PrecisionConfig, TrainingConfig
+from megatron_fp8.fp8.tensor import Fp8Tensor
+from megatron_fp8.memory import plan_memory
+from megatron_fp8.training import Trainer
 
 LEVELS = ["off", "gemm", "O1", "O2", "O3"]
 

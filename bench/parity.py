@@ -8,12 +8,10 @@ with matplotlib installed, bench/results/parity.png.
 import argparse
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron_fp8.arguments import parse_config  # noqa: E402
-from megatron_fp8.training import pretrain  # noqa: E402
+from megatron_fp8.arguments import parse_config
+from megatron_fp8.training import pretrain
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .data.data_config import DataConfig
+from .flagspec import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, check_fields, flag
 from .fp8.formats import E4M3, dtype_from_name
 from .fp8.scaling import Fp8Recipe
 
@@ -18,29 +19,33 @@ FP8_LEVELS = ("off", "gemm", "O1", "O2", "O3")
 
 @dataclass
 class ModelConfig:
-    num_layers: int = 4
-    hidden_size: int = 256
-    num_attention_heads: int = 4
-    ffn_hidden_size: int | None = None
-    seq_length: int = 256
-    max_position_embeddings: int | None = None
+    num_layers: int = flag(4, "transformer layers", bounds=POSITIVE)
+    hidden_size: int = flag(256, "transformer hidden size", bounds=POSITIVE)
+    num_attention_heads: int = flag(4, "attention heads", bounds=POSITIVE)
+    ffn_hidden_size: int | None = flag(None, "MLP hidden size (default: 4 x --hidden-size)", bounds=POSITIVE)
+    seq_length: int = flag(256, "tokens per sample", bounds=POSITIVE)
+    max_position_embeddings: int | None = flag(None, "positions of the learned position embedding "
+                                                     "(default: --seq-length)", bounds=POSITIVE)
     vocab_size: int | None = None  # set from the tokenizer, then padded
     unpadded_vocab_size: int | None = None  # the tokenizer's size, kept so other layouts pad from it
-    make_vocab_size_divisible_by: int = 128
-    position_embedding_type: str = "learned_absolute"
-    rotary_base: int = 10000
-    normalization: str = "LayerNorm"
-    layernorm_epsilon: float = 1e-5
-    swiglu: bool = False
-    openai_gelu: bool = False  # tanh-approximate GeLU (GPT-2's "gelu_new") instead of the exact erf form
-    untie_embeddings_and_output_weights: bool = False
-    add_bias_linear: bool = True
-    hidden_dropout: float = 0.1
-    attention_dropout: float = 0.1
-    init_method_std: float = 0.02
+    make_vocab_size_divisible_by: int = flag(128, "pad the vocabulary to a multiple of this x TP", bounds=POSITIVE)
+    position_embedding_type: str = flag("learned_absolute", choices=("learned_absolute", "rope"))
+    rotary_base: int = flag(10000, "RoPE base (theta)", bounds=POSITIVE)
+    normalization: str = flag("LayerNorm", choices=("LayerNorm", "RMSNorm"))
+    layernorm_epsilon: float = flag(1e-5, "epsilon of every norm", name="--norm-epsilon",
+                                    aliases=("--layernorm-epsilon",), bounds=POSITIVE)
+    swiglu: bool = flag(False, "SwiGLU MLP (gated SiLU), as Llama")
+    # tanh-approximate GeLU (GPT-2's "gelu_new") instead of the exact erf form
+    openai_gelu: bool = flag(False, "tanh-approximate GeLU, as GPT-2 was trained with")
+    untie_embeddings_and_output_weights: bool = flag(False, "separate output head")
+    add_bias_linear: bool = flag(True, "no biases in the linear layers", name="--disable-bias-linear",
+                                 action="store_false")
+    hidden_dropout: float = flag(0.1, "dropout on the residual branches", bounds=UNIT_INTERVAL)
+    attention_dropout: float = flag(0.1, "dropout on attention probabilities", bounds=UNIT_INTERVAL)
+    init_method_std: float = flag(0.02, "standard deviation of the normal initialisation", bounds=NON_NEGATIVE)
 
     def __post_init__(self):
-        _positive(self, "num_layers", "hidden_size", "num_attention_heads", "seq_length")
+        check_fields(self)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"--hidden-size {self.hidden_size} must be divisible by "
                              f"--num-attention-heads {self.num_attention_heads}")
@@ -48,17 +53,9 @@ class ModelConfig:
             self.ffn_hidden_size = 4 * self.hidden_size
         if self.max_position_embeddings is None:
             self.max_position_embeddings = self.seq_length
-        if self.position_embedding_type not in ("learned_absolute", "rope"):
-            raise ValueError("--position-embedding-type must be learned_absolute or rope, "
-                             f"got {self.position_embedding_type!r}")
         if self.position_embedding_type == "learned_absolute" and self.seq_length > self.max_position_embeddings:
             raise ValueError(f"--seq-length {self.seq_length} exceeds --max-position-embeddings "
                              f"{self.max_position_embeddings}")
-        if self.normalization not in ("LayerNorm", "RMSNorm"):
-            raise ValueError(f"--normalization must be LayerNorm or RMSNorm, got {self.normalization!r}")
-        for name in ("hidden_dropout", "attention_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
         if self.head_dim % 2 and self.position_embedding_type == "rope":
             raise ValueError("--position-embedding-type rope needs an even head dimension "
                              "(--hidden-size / --num-attention-heads)")
@@ -70,15 +67,15 @@ class ModelConfig:
 
 @dataclass
 class ParallelConfig:
-    tensor_model_parallel_size: int = 1
-    pipeline_model_parallel_size: int = 1
-    sequence_parallel: bool = False
-    use_distributed_optimizer: bool = False
-    overlap_grad_reduce: bool = False
-    ddp_bucket_size: int = 1 << 22  # elements per gradient bucket
+    tensor_model_parallel_size: int = flag(1, "tensor-parallel ranks", bounds=POSITIVE)
+    pipeline_model_parallel_size: int = flag(1, "pipeline stages", bounds=POSITIVE)
+    sequence_parallel: bool = flag(False, "split norms/dropout along the sequence across the TP group")
+    use_distributed_optimizer: bool = flag(False, "shard optimizer states over data-parallel ranks (ZeRO-1)")
+    overlap_grad_reduce: bool = flag(False, "start each gradient bucket's data-parallel reduction during backward")
+    ddp_bucket_size: int = flag(1 << 22, "elements per gradient bucket", bounds=POSITIVE)
 
     def __post_init__(self):
-        _positive(self, "tensor_model_parallel_size", "pipeline_model_parallel_size", "ddp_bucket_size")
+        check_fields(self)
         if self.sequence_parallel and self.tensor_model_parallel_size == 1:
             raise ValueError("--sequence-parallel needs --tensor-model-parallel-size > 1")
 
@@ -112,21 +109,18 @@ class PrecisionPolicy:
 
 @dataclass
 class PrecisionConfig:
-    fp8_level: str = "O2"
-    bf16: bool = False
-    recipe: Fp8Recipe = field(default_factory=Fp8Recipe)
-    main_params_dtype: str | None = None
-    exp_avg_dtype: str | None = None
-    exp_avg_sq_dtype: str | None = None
-    grad_reduce_dtype: str | None = None
+    fp8_level: str = flag("O2", "what is kept in FP8 (docs/design.md §1)", choices=FP8_LEVELS)
+    bf16: bool = flag(False, "BF16 compute dtype (the GPU setting)")
+    recipe: Fp8Recipe = field(default_factory=Fp8Recipe)  # its own flags: --fp8-format, --fp8-recipe, ...
+    main_params_dtype: str | None = flag(None, "master weights (default: by level)", choices=("fp32", "fp16"))
+    exp_avg_dtype: str | None = flag(None, "first moment (default: by level)", choices=("fp32", "fp16", "bf16", "fp8"))
+    exp_avg_sq_dtype: str | None = flag(None, "second moment (default: by level)",
+                                        choices=("fp32", "fp16", "bf16", "fp8"))
+    grad_reduce_dtype: str | None = flag(None, "data-parallel gradient wire dtype (default: by level)",
+                                         choices=("fp32", "bf16", "fp8"))
 
     def __post_init__(self):
-        if self.fp8_level not in FP8_LEVELS:
-            raise ValueError(f"--fp8-level must be one of {', '.join(FP8_LEVELS)}, got {self.fp8_level!r}")
-        _choice("--main-params-dtype", self.main_params_dtype, ("fp32", "fp16"))
-        _choice("--exp-avg-dtype", self.exp_avg_dtype, ("fp32", "fp16", "bf16", "fp8"))
-        _choice("--exp-avg-sq-dtype", self.exp_avg_sq_dtype, ("fp32", "fp16", "bf16", "fp8"))
-        _choice("--grad-reduce-dtype", self.grad_reduce_dtype, ("fp32", "bf16", "fp8"))
+        check_fields(self)
         if self.grad_reduce_dtype == "fp8" and self.fp8_level in ("off", "gemm"):
             raise ValueError("--grad-reduce-dtype fp8 needs FP8 weight gradients (--fp8-level O1, O2 or O3)")
         if self.grad_reduce_dtype in ("fp32", "bf16") and self.fp8_level in ("O1", "O2", "O3"):
@@ -164,45 +158,42 @@ class PrecisionConfig:
 
 @dataclass
 class TrainingConfig:
-    micro_batch_size: int = 8
-    global_batch_size: int | None = None
-    train_iters: int = 300
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    lr_decay_style: str = "cosine"
-    lr_warmup_iters: int = 30
-    lr_decay_iters: int | None = None
-    weight_decay: float = 0.1
-    clip_grad: float = 1.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    adam_eps: float = 1e-8
-    seed: int = 1234
-    log_interval: int = 10
-    eval_interval: int = 100
-    eval_iters: int = 10
-    save: str | None = None
-    load: str | None = None
-    save_interval: int | None = None
-    async_save: bool = False
-    log_json: str | None = None
-    tensorboard_dir: str | None = None
-    exit_interval: int | None = None
+    micro_batch_size: int = flag(8, "samples per micro-batch and data-parallel rank", bounds=POSITIVE)
+    global_batch_size: int | None = flag(None, "samples per optimizer step (default: --micro-batch-size)",
+                                         bounds=POSITIVE)
+    train_iters: int = flag(300, "optimizer steps", bounds=POSITIVE)
+    lr: float = flag(1e-3, "peak learning rate", bounds=NON_NEGATIVE)
+    min_lr: float = flag(1e-4, "learning rate at the end of the decay", bounds=NON_NEGATIVE)
+    lr_decay_style: str = flag("cosine", choices=("constant", "linear", "cosine"))
+    lr_warmup_iters: int = flag(30, "linear warm-up steps", bounds=NON_NEGATIVE)
+    lr_decay_iters: int | None = flag(None, "decay steps (default: --train-iters)", bounds=POSITIVE)
+    weight_decay: float = flag(0.1, "decoupled weight decay", bounds=NON_NEGATIVE)
+    clip_grad: float = flag(1.0, "global gradient-norm clip (0: none)", bounds=NON_NEGATIVE)
+    adam_beta1: float = flag(0.9, bounds=UNIT_INTERVAL)
+    adam_beta2: float = flag(0.95, bounds=UNIT_INTERVAL)
+    adam_eps: float = flag(1e-8, bounds=POSITIVE)
+    seed: int = flag(1234, "random seed (weights, dropout, data order)", bounds=NON_NEGATIVE)
+    log_interval: int = flag(10, "iterations per log line", bounds=POSITIVE)
+    eval_interval: int = flag(100, "iterations between evaluations", bounds=POSITIVE)
+    eval_iters: int = flag(10, "batches per evaluation", bounds=NON_NEGATIVE)
+    save: str | None = flag(None, "checkpoint directory to write")
+    load: str | None = flag(None, "checkpoint directory to resume from")
+    save_interval: int | None = flag(None, "iterations between checkpoints", bounds=POSITIVE)
+    async_save: bool = flag(False, "write checkpoints in the background from a snapshot while training goes on")
+    log_json: str | None = flag(None, "write one JSON object per logged iteration to this file")
+    tensorboard_dir: str | None = flag(None, "TensorBoard event directory")
+    exit_interval: int | None = flag(None, "stop after an iteration divisible by this", bounds=POSITIVE)
 
     def __post_init__(self):
-        _positive(self, "micro_batch_size", "train_iters", "log_interval", "eval_interval")
+        check_fields(self)
+        if self.seed >= 2 ** 32:
+            raise ValueError(f"--seed must be below 2**32, got {self.seed}")
         if self.global_batch_size is None:
             self.global_batch_size = self.micro_batch_size
         if self.lr_decay_iters is None:
             self.lr_decay_iters = self.train_iters
-        if self.lr_decay_style not in ("constant", "linear", "cosine"):
-            raise ValueError(f"--lr-decay-style must be constant, linear or cosine, got {self.lr_decay_style!r}")
-        if self.lr_warmup_iters < 0 or self.eval_iters < 0:
-            raise ValueError("--lr-warmup-iters and --eval-iters must be >= 0")
         if self.min_lr > self.lr:
             raise ValueError(f"--min-lr {self.min_lr} exceeds --lr {self.lr}")
-        if self.save_interval is not None and self.save_interval <= 0:
-            raise ValueError("--save-interval must be positive")
         if self.save_interval is not None and self.save is None:
             raise ValueError("--save-interval needs --save DIR")
 
@@ -214,34 +205,40 @@ class Config:
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     data: DataConfig | None = None
+    startup_notes: list[str] = field(default_factory=list)  # what accepted Megatron flags map to (compat.py)
 
-    def check_world(self, world_size: int) -> int:
-        """Validate the layout against the world size; returns the data-parallel size."""
-        p, t = self.parallel, self.training
-        model_parallel = p.tensor_model_parallel_size * p.pipeline_model_parallel_size
-        if world_size % model_parallel:
-            raise ValueError(f"world size {world_size} is not divisible by --tensor-model-parallel-size "
-                             f"{p.tensor_model_parallel_size} x --pipeline-model-parallel-size "
-                             f"{p.pipeline_model_parallel_size}")
-        dp = world_size // model_parallel
-        if t.global_batch_size % (t.micro_batch_size * dp):
-            raise ValueError(f"--global-batch-size {t.global_batch_size} is not divisible by "
-                             f"--micro-batch-size {t.micro_batch_size} x data-parallel size {dp}")
-        if self.model.num_attention_heads % p.tensor_model_parallel_size:
-            raise ValueError(f"--num-attention-heads {self.model.num_attention_heads} is not divisible by "
-                             f"--tensor-model-parallel-size {p.tensor_model_parallel_size}")
-        if self.model.num_layers % p.pipeline_model_parallel_size:
-            raise ValueError(f"--num-layers {self.model.num_layers} is not divisible by "
-                             f"--pipeline-model-parallel-size {p.pipeline_model_parallel_size}")
+    def validate_layout(self, world_size: int, batch: bool = True) -> int:
+        """Every rule that ties the model to a parallel layout, checked in one place before any work (by
+        training, the memory planner, the checkpoint converter and Hugging Face import); returns the
+        data-parallel size. Rules on single flags live in each dataclass (``check_fields``). ``batch=False``
+        leaves out the batch rule (checkpoint conversion has no batch)."""
+        m, p, t = self.model, self.parallel, self.training
+        tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
+        if world_size < 1:
+            raise ValueError(f"world size must be positive, got {world_size}")
+        if world_size % (tp * pp):
+            raise ValueError(f"world size {world_size} is not divisible by --tensor-model-parallel-size {tp} x "
+                             f"--pipeline-model-parallel-size {pp}")
+        dp = world_size // (tp * pp)
+        rules = (
+            (not batch or t.global_batch_size % (t.micro_batch_size * dp) == 0,
+             f"--global-batch-size {t.global_batch_size} is not divisible by --micro-batch-size "
+             f"{t.micro_batch_size} x data-parallel size {dp}"),
+            (m.num_attention_heads % tp == 0,
+             f"--num-attention-heads {m.num_attention_heads} is not divisible by --tensor-model-parallel-size {tp}"),
+            (m.num_layers % pp == 0,
+             f"--num-layers {m.num_layers} is not divisible by --pipeline-model-parallel-size {pp}"),
+            # fc2's input columns, and each of SwiGLU's two fc1 blocks
+            (m.ffn_hidden_size % tp == 0,
+             f"--ffn-hidden-size {m.ffn_hidden_size} is not divisible by --tensor-model-parallel-size {tp}"),
+            (m.vocab_size is None or m.vocab_size % tp == 0,
+             f"padded vocabulary {m.vocab_size} is not divisible by --tensor-model-parallel-size {tp} "
+             "(--make-vocab-size-divisible-by)"),
+            (not (p.sequence_parallel and tp > 1) or m.seq_length % tp == 0,
+             f"--seq-length {m.seq_length} is not divisible by --tensor-model-parallel-size {tp} "
+             "(needed by --sequence-parallel)"),
+        )
+        for ok, message in rules:
+            if not ok:
+                raise ValueError(message)
         return dp
-
-
-def _positive(obj, *names):
-    for name in names:
-        if getattr(obj, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(obj, name)}")
-
-
-def _choice(flag, value, allowed):
-    if value is not None and value not in allowed:
-        raise ValueError(f"{flag} must be one of {', '.join(allowed)}, got {value!r}")

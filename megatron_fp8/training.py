@@ -65,6 +65,8 @@ class Trainer:
         self.config, self.pstate = config, pstate or single_process()
         self.device = device or default_device()
         self.policy = config.precision.policy
+        ps = self.pstate
+        config.validate_layout(ps.tp_size * ps.pp_size * ps.dp_size)
         set_seed(stage_seed(config.training.seed, self.pstate))  # weights are seeded by name, not by this
         self.model = GPTModel(config, self.pstate, self.device)
         self.params = [p for p in self.model.parameters()]
@@ -135,6 +137,16 @@ class Trainer:
         else:
             self.optimizer.step(lr, clip_coefficient(norm, self.config.training.clip_grad))
         return StepResult(self._mean_loss(losses), norm, bad)
+
+    def train_iteration(self, dataset) -> StepResult:
+        """The next iteration on ``dataset``: its global batch, learning rate, step and progress."""
+        p, t, ps = self.progress, self.config.training, self.pstate
+        p.iteration += 1
+        mbs = batches.global_batch(dataset, p.consumed_samples, t.global_batch_size, t.micro_batch_size,
+                                   ps.dp_rank, ps.dp_size, self.device)
+        result = self.train_step(mbs, self.scheduler.lr(p.iteration))
+        p.consumed_samples += t.global_batch_size
+        return result
 
     @torch.no_grad()
     def evaluate(self, dataset, iters: int) -> float:
@@ -213,6 +225,8 @@ def build_data(config: Config, pstate: ParallelState, printer=print):
 
 def print_startup(trainer: Trainer, printer) -> None:
     policy, cfg = trainer.policy, trainer.config
+    for note in cfg.startup_notes:
+        printer(f" > {note}")
     total = sum(p.numel() for p in trainer.params)
     eligible = sum(p.numel() for p in trainer.params if p.fp8_eligible)
     printer(f" > number of parameters: {total} ({eligible} FP8-eligible in linear layers)")
@@ -244,14 +258,10 @@ def pretrain(config: Config, printer=print) -> dict:
     try:
         while trainer.progress.iteration < t.train_iters:
             p = trainer.progress
-            p.iteration += 1
-            lr = trainer.scheduler.lr(p.iteration)
             start = time.perf_counter()
-            mbs = batches.global_batch(train_ds, p.consumed_samples, t.global_batch_size, t.micro_batch_size,
-                                       pstate.dp_rank, pstate.dp_size, trainer.device)
-            result = trainer.train_step(mbs, lr)
+            result = trainer.train_iteration(train_ds)
             elapsed = time.perf_counter() - start
-            p.consumed_samples += t.global_batch_size
+            lr = trainer.scheduler.lr(p.iteration)
             window.append((result, elapsed))
             summary["train_losses"].append(result.loss)
             if p.iteration % t.log_interval == 0 or p.iteration == t.train_iters:

@@ -2,7 +2,6 @@
 
 import numpy as np
 
-from megatron_fp8 import batches
 from megatron_fp8.config import Config, ModelConfig, ParallelConfig, PrecisionConfig, TrainingConfig
 
 VOCAB = 128
@@ -36,14 +35,5 @@ def tiny_config(level: str = "O2", tp: int = 1, pp: int = 1, sp: bool = False, *
 
 
 def run_steps(trainer, dataset, steps: int) -> list[float]:
-    """Train ``steps`` iterations the way ``pretrain`` does; returns the loss of each."""
-    t, ps = trainer.config.training, trainer.pstate
-    losses = []
-    for _ in range(steps):
-        p = trainer.progress
-        p.iteration += 1
-        mbs = batches.global_batch(dataset, p.consumed_samples, t.global_batch_size, t.micro_batch_size,
-                                   ps.dp_rank, ps.dp_size, trainer.device)
-        losses.append(trainer.train_step(mbs, trainer.scheduler.lr(p.iteration)).loss)
-        p.consumed_samples += t.global_batch_size
-    return losses
+    """Train ``steps`` iterations exactly as ``pretrain`` does; returns the loss of each."""
+    return [trainer.train_iteration(dataset).loss for _ in range(steps)]

@@ -6,19 +6,16 @@ The model shape, precision level and tokenizer are read from the checkpoint itse
 """
 
 import argparse
-import os
-import sys
 import tempfile
 from types import SimpleNamespace
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron_fp8.checkpoint.state import TOKENIZER_FIELDS, config_from_summary  # noqa: E402
-from megatron_fp8.checkpoint.universal import read_universal, write_layout  # noqa: E402
-from megatron_fp8.data import build_tokenizer  # noqa: E402
-from megatron_fp8.training import Trainer  # noqa: E402
+from megatron_fp8.checkpoint.state import TOKENIZER_FIELDS, config_from_summary
+from megatron_fp8.checkpoint.universal import read_universal, write_layout
+from megatron_fp8.data import build_tokenizer
+from megatron_fp8.training import Trainer
 
 
 def load_for_inference(root: str):

@@ -5,15 +5,13 @@ r"""Tokenize JSONL into Megatron's .bin/.idx format (flags as in Megatron-LM's t
 """
 
 import argparse
-import os
 import sys
 import types
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron_fp8.data.arguments import add_tokenizer_args  # noqa: E402
-from megatron_fp8.data.data_config import check_tokenizer_flags  # noqa: E402
-from megatron_fp8.data.preprocess import PreprocessError, preprocess_jsonl  # noqa: E402
+from megatron_fp8.data.arguments import add_tokenizer_args
+from megatron_fp8.data.data_config import check_tokenizer_flags
+from megatron_fp8.data.preprocess import PreprocessError, preprocess_jsonl
 
 
 def parse_args(argv=None):

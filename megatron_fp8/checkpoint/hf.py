@@ -19,7 +19,7 @@ from . import hf_gpt2, hf_llama, hf_tokenizer
 from .atomic import read_tracker
 from .hf_common import check_shapes, load_hf_config, read_hf_weights, require_transformers
 from .state import config_summary
-from .universal import read_universal, write_layout
+from .universal import prepare_target, read_universal, write_layout
 
 ARCHITECTURES = (hf_gpt2, hf_llama)
 PROGRESS = {"iteration": 0, "consumed_samples": 0, "skipped_iterations": 0, "nan_iterations": 0}
@@ -33,15 +33,6 @@ def _architecture_of(hf_config, source: str):
     raise ValueError(f"{source}: model_type={hf_config.model_type!r} is not supported; supported: {supported}")
 
 
-def _check_layout(m: ModelConfig, tp: int, pp: int) -> None:
-    checks = (("--target-tensor-parallel-size", tp, "num_attention_heads", m.num_attention_heads),
-              ("--target-tensor-parallel-size", tp, "ffn_hidden_size", m.ffn_hidden_size),
-              ("--target-pipeline-parallel-size", pp, "num_layers", m.num_layers))
-    for flag, size, name, value in checks:
-        if value % size:
-            raise ValueError(f"{flag} {size} does not divide the model's {name} {value}")
-
-
 def import_hf(src: str, save: str, tp: int = 1, pp: int = 1, dp: int = 1, distributed_optimizer: bool = False,
               fp8_level: str = "off", log=print) -> str:
     """Write a megatron_fp8 checkpoint of the HF model in ``src`` under ``save``; returns its directory."""
@@ -52,15 +43,15 @@ def import_hf(src: str, save: str, tp: int = 1, pp: int = 1, dp: int = 1, distri
     arch = _architecture_of(hf_config, source)
     vocab = hf_config.vocab_size
     model = ModelConfig(vocab_size=vocab, **arch.model_fields(hf_config, source))
-    _check_layout(model, tp, pp)
-    m = asdict(model)
+    m = asdict(model)  # the unpadded shapes of the HF tensors
+    config = Config(model=model, precision=PrecisionConfig(fp8_level=fp8_level))
+    prepare_target(config, {"vocab_size": vocab}, tp, pp, dp, distributed_optimizer)  # fails before any reading
     params, unused = arch.to_megatron(read_hf_weights(src), m, src)
     if unused:
         raise ValueError(f"{src}: {len(unused)} tensors have no place in a {arch.ARCHITECTURE} "
                          f"(e.g. {sorted(unused)[0]!r}): not a plain {arch.ARCHITECTURE}")
     check_shapes(params, m, src)
     with_tokenizer = hf_tokenizer.plan_import(src, vocab)
-    config = Config(model=model, precision=PrecisionConfig(fp8_level=fp8_level))
     os.makedirs(save, exist_ok=True)
     section = hf_tokenizer.copy_import_files(src, save, with_tokenizer)
     config.data = SimpleNamespace(**section) if section else None  # recorded in the checkpoint's config

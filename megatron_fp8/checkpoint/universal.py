@@ -113,16 +113,30 @@ def _full_value(universal: dict, name: str, rows: int, key: str | None = None) -
     return full
 
 
+def prepare_target(config: Config, saved_model: dict, tp: int, pp: int, dp: int,
+                   distributed_optimizer: bool) -> None:
+    """Set the target layout and its padded vocabulary on ``config`` and validate it (before any work)."""
+    m = config.model
+    m.unpadded_vocab_size = saved_model.get("unpadded_vocab_size") or saved_model["vocab_size"]
+    m.vocab_size = padded_vocab_size(m.unpadded_vocab_size, m.make_vocab_size_divisible_by, tp)
+    p = config.parallel
+    p.tensor_model_parallel_size, p.pipeline_model_parallel_size = tp, pp
+    p.use_distributed_optimizer = distributed_optimizer
+    p.sequence_parallel = p.sequence_parallel and tp > 1
+    try:
+        config.validate_layout(tp * pp * dp, batch=False)
+    except ValueError as err:  # name the converter's flags, not the training ones
+        message = str(err)
+        for flag in ("tensor-model-parallel-size", "pipeline-model-parallel-size"):
+            message = message.replace(f"--{flag}", f"--target-{flag.replace('-model', '')}")
+        raise ValueError(message) from None
+
+
 def write_layout(universal: dict, config: Config, tp: int, pp: int, dp: int, root: str,
                  distributed_optimizer: bool = False) -> str:
     """Write a checkpoint of ``universal`` for the target layout and ``config``'s precision level."""
+    prepare_target(config, universal["config"]["model"], tp, pp, dp, distributed_optimizer)
     m = config.model
-    saved = universal["config"]["model"]
-    m.unpadded_vocab_size = saved.get("unpadded_vocab_size") or saved["vocab_size"]
-    m.vocab_size = padded_vocab_size(m.unpadded_vocab_size, m.make_vocab_size_divisible_by, tp)
-    config.parallel.tensor_model_parallel_size, config.parallel.pipeline_model_parallel_size = tp, pp
-    config.parallel.use_distributed_optimizer = distributed_optimizer
-    config.parallel.sequence_parallel = config.parallel.sequence_parallel and tp > 1
     iteration = universal["iteration"]
     staged = iteration_dir(root, iteration) + ".tmp"
     shutil.rmtree(staged, ignore_errors=True)

@@ -5,6 +5,7 @@ import os
 from dataclasses import dataclass
 
 from megatron_fp8.data.tokenizer import TOKENIZER_TYPES
+from megatron_fp8.flagspec import NON_NEGATIVE, POSITIVE, flag
 
 MOCK_DEFAULT_VOCAB_SIZE = 8192
 
@@ -44,7 +45,7 @@ def parse_blend(entries: list[str]) -> tuple[list[str], list[float] | None]:
 
 def parse_split(split: str) -> tuple[float, float, float]:
     """`949,50,1` or `98/2/0` (missing parts are 0) -> normalised train/valid/test fractions."""
-    parts = [p for p in split.replace("/", ",").split(",")]
+    parts = split.strip("'\"").replace("/", ",").split(",")  # launch scripts sometimes pass '99,1,0' quoted
     values = [_as_float(p.strip()) for p in parts]
     if not 1 <= len(values) <= 3 or any(v is None or not math.isfinite(v) or v < 0 for v in values):
         raise ValueError(f"--split: expected up to three non-negative numbers like 949,50,1, got {split!r}")
@@ -78,18 +79,21 @@ def check_tokenizer_flags(cfg) -> None:
 class DataConfig:
     """What to read and how to tokenize it. No data flags and no --mock-data means the default corpus."""
 
-    data_path: list[str] | None = None
-    split: str = "949,50,1"
-    seq_length: int = 1024
-    seed: int = 1234
-    data_cache_path: str | None = None
-    mock_data: bool = False
-    tokenizer_type: str | None = None
-    vocab_file: str | None = None
-    merge_file: str | None = None
-    tokenizer_model: str | None = None
-    vocab_size: int | None = None
-    num_workers: int = 2
+    data_path: list[str] | None = flag(None, "dataset prefixes, optionally weighted: 0.7 PREFIX_A 0.3 PREFIX_B. "
+                                       "Without data flags a corpus is built from the Python standard library.",
+                                       nargs="*", group="data")
+    split: str = flag("949,50,1", "train,valid,test proportions of each dataset", group="data")
+    seq_length: int = 1024  # the model's --seq-length
+    seed: int = 1234  # the run's --seed
+    data_cache_path: str | None = flag(None, "where index arrays and the default corpus are cached", group="data")
+    mock_data: bool = flag(False, "synthetic tokens, no files", group="data")
+    tokenizer_type: str | None = flag(None, choices=TOKENIZER_TYPES, group="tokenizer")
+    vocab_file: str | None = flag(None, "GPT-2 vocab.json", group="tokenizer")
+    merge_file: str | None = flag(None, "GPT-2 merges.txt", group="tokenizer")
+    tokenizer_model: str | None = flag(None, "SentencePiece .model, or a local Hugging Face tokenizer.json / "
+                                             "directory", group="tokenizer")
+    vocab_size: int | None = flag(None, "ids of the NullTokenizer (--mock-data)", bounds=POSITIVE, group="tokenizer")
+    num_workers: int = flag(2, "data loader worker processes", bounds=NON_NEGATIVE, group="data")
 
     def __post_init__(self):
         if isinstance(self.data_path, str):
@@ -108,6 +112,8 @@ class DataConfig:
         if self.mock_data and self.tokenizer_type is None:
             self.tokenizer_type = "NullTokenizer"
             self.vocab_size = self.vocab_size or MOCK_DEFAULT_VOCAB_SIZE
+        if self.data_path and self.tokenizer_type is None and self.vocab_file and self.merge_file:
+            self.tokenizer_type = "GPT2BPETokenizer"  # Megatron's GPT examples pass only --vocab-file/--merge-file
         if self.data_path:
             self._check_prefixes()
             if self.tokenizer_type is None:

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 from ..config import Config
 from . import activations as act
-from .inventory import check_layout, stage_params, total_params
+from .inventory import stage_params, total_params
 from .states import STATE_KEYS, fp8_scaling_state, fp8_weight_cache, model_states
 
 GIB = 1 << 30
@@ -80,7 +80,9 @@ def plan_memory(config: Config, world_size: int, device: str = "cuda", recompute
     ``config.model.vocab_size`` must be the padded vocabulary (as GPTModel sees it). ``device`` selects
     the kernels whose saved tensors differ (fused dropout and attention on ``cuda``).
     """
-    dp = check_layout(config, world_size)
+    if config.model.vocab_size is None:
+        raise ValueError("--vocab-size: the planner needs the vocabulary size")
+    dp = config.validate_layout(world_size)
     p, policy, t = config.parallel, config.precision.policy, config.training
     pp, cuda = p.pipeline_model_parallel_size, device == "cuda"
     micro_batches = t.global_batch_size // (t.micro_batch_size * dp)

@@ -44,7 +44,7 @@ def init_distributed(config: Config) -> ParallelState:
     Layout errors are raised before any process group exists, so a bad flag costs nothing.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    dp = config.check_world(world)
+    dp = config.validate_layout(world)
     if world == 1 and not dist.is_initialized():
         return ParallelState()
     if not dist.is_initialized():
