@@ -8,8 +8,9 @@ operands are first padded to cuBLASLt's rules (:mod:`.gemm_rules`), so the model
 What ``_scaled_mm`` still refuses (a GPU older than compute capability 8.9, a torch without FP8 GEMMs on
 this device) falls back to dequantize-and-matmul in float32. Only its own refusals do: running out of
 memory or a device fault propagates. Every fallback call is counted per shape in :data:`FALLBACKS`
-(the training log line reports the total, the JSON log each shape); on CUDA the first fallback of a
-shape is a warning, since the GPU then runs an FP32 GEMM where an FP8 one was meant.
+(the training log line reports the total, the JSON log each shape). The first fallback of a shape is
+logged; on CUDA it is also a ``RuntimeWarning``, since the GPU then runs an FP32 GEMM where an FP8 one
+was meant.
 """
 
 import logging
@@ -59,11 +60,9 @@ class GemmFallbacks:
         self.reasons[key] = reason or ""
         message = (f"torch._scaled_mm refused {key} ({reason}); this shape runs as dequantize+matmul in float32 "
                    "(counted in the log's 'fp8 gemm fallbacks')")
-        if device.type == "cuda":
+        logger.warning(message)
+        if device.type == "cuda":  # a GPU running FP32 GEMMs where FP8 ones were meant: say so loudly
             warnings.warn(message, RuntimeWarning, stacklevel=4)
-            logger.warning(message)
-        else:
-            logger.info(message)
 
     def snapshot(self) -> dict[str, int]:
         return dict(self.counts)

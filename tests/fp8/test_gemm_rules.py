@@ -159,9 +159,12 @@ def test_other_errors_propagate(monkeypatch, fresh_fallbacks, error):
     assert fresh_fallbacks.total() == 0
 
 
-def test_cuda_fallback_is_a_warning_cpu_fallback_is_not(fresh_fallbacks, recwarn):
-    fresh_fallbacks.record("e4m3fn[5x10] @ e4m3fn[7x10].T tensorwise -> float32 on cpu", "why", torch.device("cpu"))
+def test_cuda_fallback_is_a_warning_cpu_fallback_is_logged(fresh_fallbacks, recwarn, caplog):
+    with caplog.at_level("WARNING"):
+        fresh_fallbacks.record("e4m3fn[5x10] @ e4m3fn[7x10].T tensorwise -> float32 on cpu", "why",
+                               torch.device("cpu"))
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    assert any("refused e4m3fn[5x10]" in r.message for r in caplog.records)
     with pytest.warns(RuntimeWarning, match="refused e4m3fn"):
         fresh_fallbacks.record("e4m3fn[5x10] @ e4m3fn[7x10].T tensorwise -> float32 on cuda", "why",
                                torch.device("cuda"))
