@@ -26,12 +26,12 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from gpu_gemm import gemm_throughput, model_gemm_shapes, scaled_mm_rules  # noqa: E402
+from gpu_tables import BASELINE, tables  # noqa: E402
 from megatron_fp8.config import Config, ModelConfig, PrecisionConfig, TrainingConfig  # noqa: E402
 from megatron_fp8.fp8 import gemm, kernels  # noqa: E402
 from megatron_fp8.training import Trainer  # noqa: E402
 
 LEVELS = ["off", "gemm", "O1", "O2", "O3"]
-BASELINE = "off"
 FULL = dict(layers=24, hidden=1024, heads=16, seq=1024, vocab=32768, batch=8, steps=5, warmup=2, gemm_iters=20)
 TINY = dict(layers=1, hidden=32, heads=2, seq=16, vocab=128, batch=2, steps=1, warmup=0, gemm_iters=1)
 
@@ -51,8 +51,11 @@ def write_json(path: str, payload: dict) -> None:
 
 
 def environment(device: torch.device) -> dict:
-    env = {"torch": torch.__version__, "cuda": torch.version.cuda, "device": str(device),
-           "kernels": kernels.BACKEND, "kernels_location": kernels.LOCATION}
+    env = {"torch": torch.__version__, "cuda": torch.version.cuda, "device": str(device)}
+    try:
+        env.update(kernels=kernels.BACKEND, kernels_location=kernels.LOCATION or kernels.FALLBACK_MESSAGE)
+    except ImportError as err:  # MEGATRON_FP8_REQUIRE_KERNELS=1 without kernels: the levels will say so too
+        env.update(kernels="unavailable", kernels_location=str(err))
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         env.update(name=props.name, capability=f"{props.major}.{props.minor}", memory_gib=props.total_memory / 2**30)
@@ -98,34 +101,7 @@ def bench_level(a, level: str, device: torch.device) -> dict:
            "gemm_fallbacks": gemm.FALLBACKS.snapshot()}
     if device.type == "cuda":
         out["max_memory_allocated"] = torch.cuda.max_memory_allocated(device)
-    del trainer, batch, tokens
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return out
-
-
-def print_tables(levels: dict, gemms: list) -> None:
-    base = levels.get(BASELINE, {}).get("step_time_s")
-    base_mem = levels.get(BASELINE, {}).get("max_memory_allocated")
-    print(f"\n{'level (--bf16)':15s} {'s/step':>8s} {'tokens/s':>10s} {'vs off':>7s} {'peak GiB':>9s} {'vs off':>7s} "
-          f"{'state GiB':>9s} {'fallbacks':>9s}")
-    for level, r in levels.items():
-        if "error" in r or "skipped" in r:
-            print(f"{level:15s} {r.get('error') or r.get('skipped')}")
-            continue
-        peak = r.get("max_memory_allocated")
-        print(f"{level:15s} {r['step_time_s']:8.3f} {r['tokens_per_sec']:10.0f} "
-              f"{(r['step_time_s'] / base if base else float('nan')):7.2f} "
-              f"{(peak / 2**30 if peak else float('nan')):9.2f} "
-              f"{(peak / base_mem if peak and base_mem else float('nan')):7.2f} "
-              f"{r['model_state_bytes'] / 2**30:9.3f} {sum(r['gemm_fallbacks'].values()):9d}")
-    if gemms:
-        print(f"\n{'GEMM':10s} {'M':>6s} {'K':>6s} {'N':>6s} {'A':>10s} {'FP8 TFLOP/s':>12s} {'BF16 TFLOP/s':>13s} "
-              f"{'FP8/BF16':>9s}")
-        for g in gemms:
-            print(f"{g['gemm']:10s} {g['M']:6d} {g['K']:6d} {g['N']:6d} {g['a']:>10s} {g['fp8_tflops']:12.1f} "
-                  f"{g['bf16_tflops']:13.1f} {g['fp8_vs_bf16']:9.2f}")
 
 
 def main(argv=None) -> int:
@@ -150,20 +126,32 @@ def main(argv=None) -> int:
     payload = {"config": vars(a), "env": environment(device), "results": {"levels": {}, "gemm": [],
                                                                           "scaled_mm_rules": {}}}
     results = payload["results"]
-    results["scaled_mm_rules"] = scaled_mm_rules(device)  # seconds: before the levels, so a cut-short run has them
-    results["gemm"] = gemm_throughput(model_gemm_shapes(a.hidden, 4 * a.hidden, a.batch * a.seq), device, a.gemm_iters)
+    write_json(a.out, payload)  # the environment first: a run cut short still says what it ran on
+    results["scaled_mm_rules"] = scaled_mm_rules(device)
+    write_json(a.out, payload)
+    # GEMMs take seconds on a GPU: before the levels, so a run cut short has them
+    try:
+        shapes = model_gemm_shapes(a.hidden, 4 * a.hidden, a.batch * a.seq)
+        results["gemm"] = gemm_throughput(shapes, device, a.gemm_iters)
+    except Exception as err:  # noqa: BLE001 - recorded; the levels still run
+        results["gemm_error"] = f"{type(err).__name__}: {str(err).strip()[:500]}"
+        print(f"GEMM throughput: FAILED {results['gemm_error']}", flush=True)
     write_json(a.out, payload)
     for level in a.levels.split(","):
         if time.perf_counter() - started > a.budget_s:
             results["levels"][level] = {"skipped": f"over the --budget-s {a.budget_s:g} s"}
             continue
         try:
-            results["levels"][level] = bench_level(a, level, device)
-            print(f"{level}: {results['levels'][level]['step_time_s']:.3f} s/step", flush=True)
-        except Exception as err:  # noqa: BLE001 - one level failing must not lose the others
+            r = results["levels"][level] = bench_level(a, level, device)
+            peak = r.get("max_memory_allocated")
+            print(f"{level}: {r['step_time_s']:.3f} s/step" + (f", peak {peak / 2**30:.2f} GiB" if peak else ""),
+                  flush=True)
+        except Exception as err:  # noqa: BLE001 - one level failing (even out of memory) must not lose the others
             results["levels"][level] = {"error": f"{type(err).__name__}: {str(err).strip()[:500]}"}
             print(f"{level}: FAILED {results['levels'][level]['error']}", flush=True)
-            gc.collect()
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         write_json(a.out, payload)
     base = results["levels"].get(BASELINE, {})
     for r in results["levels"].values():
@@ -172,10 +160,10 @@ def main(argv=None) -> int:
             if "max_memory_allocated" in r:
                 r["peak_memory_vs_off_bf16"] = r["max_memory_allocated"] / base["max_memory_allocated"]
     write_json(a.out, payload)
-    print_tables(results["levels"], results["gemm"])
+    print("\n" + tables(results))
     print(f"wrote {a.out}")
     failed = [level for level, r in results["levels"].items() if "error" in r]
-    return 1 if failed else 0
+    return 1 if failed or "gemm_error" in results else 0
 
 
 if __name__ == "__main__":

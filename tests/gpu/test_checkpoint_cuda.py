@@ -43,8 +43,11 @@ def test_saved_on_gpu_loads_on_cpu(tmp_path, level):
     trainer.save(str(tmp_path / "ckpt"))
     trainer.finish_saves()
     out = tmp_path / "loaded.pt"
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONPATH=os.pathsep.join(
+    # No GPU visible; the reference kernels (bit-identical to the compiled ones) so that the CPU-only
+    # process never tries a JIT build of its own.
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", MEGATRON_FP8_KERNELS="reference", PYTHONPATH=os.pathsep.join(
         [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    env.pop("MEGATRON_FP8_REQUIRE_KERNELS", None)
     done = subprocess.run([sys.executable, "-m", "tests.gpu.load_on_cpu", str(tmp_path / "ckpt"), level, str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
