@@ -51,7 +51,8 @@ def gemm_throughput(shapes, device: torch.device, iters: int) -> list[dict]:
         flops = 2.0 * m * n * k
         fp8 = _time(lambda: fp8_gemm(a, b, torch.bfloat16), device, iters)
         bf16 = _time(lambda: torch.mm(a16, b16.t()), device, iters)
-        rows.append({"gemm": name, "M": m, "K": k, "N": n, "a": str(a_dtype).replace("torch.float8_", "").replace("fn", ""),
+        short = str(a_dtype).replace("torch.float8_", "").replace("fn", "")
+        rows.append({"gemm": name, "M": m, "K": k, "N": n, "a": short,
                      "fp8_tflops": flops / fp8 / 1e12, "bf16_tflops": flops / bf16 / 1e12, "fp8_vs_bf16": bf16 / fp8})
         del a, b, a16, b16, a_hp, b_hp
     return rows

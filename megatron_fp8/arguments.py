@@ -41,7 +41,7 @@ def _parallel_args(p: argparse.ArgumentParser) -> None:
 
 
 def _precision_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("precision (DESIGN §1, §2)")
+    g = p.add_argument_group("precision (docs/design.md §1, §2)")
     g.add_argument("--fp8-level", default="O2", help="off | gemm | O1 | O2 | O3")
     g.add_argument("--bf16", action="store_true", help="BF16 compute dtype (the GPU setting)")
     g.add_argument("--fp8-format", default="hybrid", help="hybrid (E4M3 fwd, E5M2 grads) | e4m3")

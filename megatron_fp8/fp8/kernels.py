@@ -178,8 +178,8 @@ def sum_shards(shards: torch.Tensor, scale_invs: torch.Tensor, out_dtype: torch.
             and isinstance(scale_invs, torch.Tensor) and scale_invs.dtype == torch.float32
             and scale_invs.device == device and scale_invs.numel() == shards.shape[0]
             and (prev_scale_inv is None or _scalar_ok(prev_scale_inv, device))):
-        return _state().ext.sum_shards(shards.contiguous(), scale_invs.contiguous(), out_dtype, float(factor), int(margin),
-                               prev_scale_inv)
+        return _state().ext.sum_shards(shards.contiguous(), scale_invs.contiguous(), out_dtype, float(factor),
+                                       int(margin), prev_scale_inv)
     return reference.sum_shards(shards, scale_invs, out_dtype, factor, margin, prev_scale_inv)
 
 
