@@ -1,11 +1,15 @@
 """Tiny models and a learnable synthetic dataset shared by the training and parallel tests."""
 
+import importlib.util
+import os
+
 import numpy as np
 
 from megatron_fp8 import batches
 from megatron_fp8.config import Config, ModelConfig, ParallelConfig, PrecisionConfig, TrainingConfig
 from megatron_fp8.fp8.scaling import Fp8Recipe
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = 128
 SEQ = 32
 
@@ -64,3 +68,12 @@ def run_steps(trainer, dataset, steps: int) -> list[float]:
         losses.append(trainer.train_step(mbs, trainer.scheduler.lr(p.iteration)).loss)
         p.consumed_samples += t.global_batch_size
     return losses
+
+
+def load_script(relative_path: str):
+    """A script of this checkout that is not in a package (bench/*.py), imported as a module."""
+    name = os.path.splitext(os.path.basename(relative_path))[0]
+    spec = importlib.util.spec_from_file_location(f"script_{name}", os.path.join(ROOT, relative_path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

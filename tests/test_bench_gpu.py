@@ -1,23 +1,16 @@
 """bench/gpu.py's CPU smoke mode (``--device cpu --tiny``) runs the GPU benchmark's code path: every level
 trains a step, the GEMM table and the ``_scaled_mm`` rule probe are filled, and the JSON is complete."""
 
-import importlib.util
 import json
 import math
 import os
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .helpers import ROOT, load_script
 
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_gpu", os.path.join(ROOT, "bench", "gpu.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_cpu_smoke_run_writes_every_figure(tmp_path, capsys):
-    bench = load_bench()
+    bench = load_script("bench/gpu.py")
     out = tmp_path / "gpu.json"
     assert bench.main(["--device", "cpu", "--tiny", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
@@ -40,7 +33,7 @@ def test_cpu_smoke_run_writes_every_figure(tmp_path, capsys):
 
 
 def test_budget_skips_levels_and_keeps_the_file_valid(tmp_path):
-    bench = load_bench()
+    bench = load_script("bench/gpu.py")
     out = tmp_path / "gpu.json"
     assert bench.main(["--device", "cpu", "--tiny", "--budget-s", "0", "--levels", "off,O2", "--out", str(out)]) == 0
     levels = json.loads(out.read_text())["results"]["levels"]
@@ -48,7 +41,7 @@ def test_budget_skips_levels_and_keeps_the_file_valid(tmp_path):
 
 
 def test_out_defaults_to_the_OUT_folder(monkeypatch, tmp_path):
-    bench = load_bench()
+    bench = load_script("bench/gpu.py")
     monkeypatch.setenv("OUT", str(tmp_path))
     assert bench.default_out() == os.path.join(str(tmp_path), "gpu.json")
     monkeypatch.delenv("OUT")

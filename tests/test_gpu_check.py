@@ -1,7 +1,6 @@
 """scripts/gpu_check.sh where there is no GPU (it says so and exits 0, writing nothing), its shell syntax,
 and its report step (bench/gpu_report.py) on stage logs of a run where some stages failed."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,7 +9,8 @@ import sys
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .helpers import ROOT, load_script
+
 SCRIPT = os.path.join(ROOT, "scripts", "gpu_check.sh")
 
 
@@ -27,13 +27,6 @@ def test_without_a_gpu_it_says_so_and_exits_0(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("no CUDA device")
     assert not out.exists()  # nothing to report, nothing written
-
-
-def load_report():
-    spec = importlib.util.spec_from_file_location("gpu_report", os.path.join(ROOT, "bench", "gpu_report.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_report_names_failed_stages_and_keeps_the_figures(tmp_path, capsys):
@@ -59,7 +52,7 @@ def test_report_names_failed_stages_and_keeps_the_figures(tmp_path, capsys):
     argv = ["--json", str(tmp_path / "gpu.json"), "--report", str(tmp_path / "report.txt"), "--note", "a note"]
     for name, status, seconds in stages:
         argv += ["--stage", name, status, seconds, str(tmp_path / f"{name}.log")]
-    assert load_report().main(argv) == 0
+    assert load_script("bench/gpu_report.py").main(argv) == 0
     report = (tmp_path / "report.txt").read_text()
     assert "SOME STAGES FAILED" in report and "NVIDIA H200" in report and "a note" in report
     assert "backend: csrc-cuda (/x/megatron_fp8_C.so)" in report
@@ -83,6 +76,6 @@ def test_report_without_benchmark_figures(tmp_path):
     argv = ["--json", str(tmp_path / "gpu.json"), "--report", str(tmp_path / "report.txt"),
             "--stage", "env", "FAILED (rc 1)", "2", str(tmp_path / "env.log"),
             "--stage", "bench", "SKIPPED (budget spent)", "0", str(tmp_path / "missing.log")]
-    assert load_report().main(argv) == 0
+    assert load_script("bench/gpu_report.py").main(argv) == 0
     assert "libcudart.so.13" in (tmp_path / "report.txt").read_text()
     assert json.loads((tmp_path / "gpu.json").read_text())["check"]["ok"] is False
