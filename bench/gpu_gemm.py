@@ -41,21 +41,20 @@ def _time(fn, device: torch.device, iters: int) -> float:
     return (time.perf_counter() - t) / iters
 
 
+def _gemm_row(name: str, m: int, k: int, n: int, a_dtype: torch.dtype, device: torch.device, iters: int) -> dict:
+    gen = torch.Generator().manual_seed(0)
+    a_hp, b_hp = torch.randn(m, k, generator=gen).to(device), torch.randn(n, k, generator=gen).to(device)
+    a, b = Fp8Tensor.quantize_current(a_hp, a_dtype), Fp8Tensor.quantize_current(b_hp, E4M3)
+    a16, b16 = a_hp.bfloat16(), b_hp.bfloat16()
+    flops = 2.0 * m * n * k
+    fp8 = _time(lambda: fp8_gemm(a, b, torch.bfloat16), device, iters)
+    bf16 = _time(lambda: torch.mm(a16, b16.t()), device, iters)
+    return {"gemm": name, "M": m, "K": k, "N": n, "a": str(a_dtype).replace("torch.float8_", "").replace("fn", ""),
+            "fp8_tflops": flops / fp8 / 1e12, "bf16_tflops": flops / bf16 / 1e12, "fp8_vs_bf16": bf16 / fp8}
+
+
 def gemm_throughput(shapes, device: torch.device, iters: int) -> list[dict]:
-    rows = []
-    for name, m, k, n, a_dtype in shapes:
-        gen = torch.Generator().manual_seed(0)
-        a_hp, b_hp = torch.randn(m, k, generator=gen).to(device), torch.randn(n, k, generator=gen).to(device)
-        a, b = Fp8Tensor.quantize_current(a_hp, a_dtype), Fp8Tensor.quantize_current(b_hp, E4M3)
-        a16, b16 = a_hp.bfloat16(), b_hp.bfloat16()
-        flops = 2.0 * m * n * k
-        fp8 = _time(lambda: fp8_gemm(a, b, torch.bfloat16), device, iters)
-        bf16 = _time(lambda: torch.mm(a16, b16.t()), device, iters)
-        short = str(a_dtype).replace("torch.float8_", "").replace("fn", "")
-        rows.append({"gemm": name, "M": m, "K": k, "N": n, "a": short,
-                     "fp8_tflops": flops / fp8 / 1e12, "bf16_tflops": flops / bf16 / 1e12, "fp8_vs_bf16": bf16 / fp8})
-        del a, b, a16, b16, a_hp, b_hp
-    return rows
+    return [_gemm_row(*shape, device, iters) for shape in shapes]
 
 
 def _probe(device, m, k, n, a_dtype, b_dtype, rowwise, out_dtype) -> str:
