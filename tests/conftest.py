@@ -6,6 +6,9 @@ import sys
 import pytest
 import torch
 
+KERNEL_TEST_FILES = ("tests/fp8/test_kernels.py", "tests/gpu/test_kernels_cuda.py")
+_kernel_tests_run = {"count": 0}
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
@@ -14,6 +17,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" and not report.skipped and report.nodeid.startswith(KERNEL_TEST_FILES):
+        _kernel_tests_run["count"] += 1
 
 
 def kernel_summary_line() -> str | None:
@@ -26,8 +34,10 @@ def kernel_summary_line() -> str | None:
     backend, where = status
     if backend == "reference":
         return f"compiled FP8 kernels NOT checked (only the pure-torch reference ran): {where}"
-    cuda = " (CUDA kernels checked too)" if backend == "csrc-cuda" and torch.cuda.is_available() else ""
-    return f"compiled FP8 kernels checked against the reference: {backend} from {where}{cuda}"
+    ran = _kernel_tests_run["count"]
+    if not ran:
+        return f"compiled FP8 kernels in use ({backend}, {where}); no kernel-vs-reference test ran"
+    return f"compiled FP8 kernels checked against the reference by {ran} tests: {backend} from {where}"
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
