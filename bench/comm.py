@@ -4,7 +4,7 @@ data-parallel sizes 1, 2 and 4 (gloo on localhost). Writes bench/results/comm.js
     python bench/comm.py [--hidden 256] [--layers 4] [--steps 2]
 
 FP8-LM reported 63-65% less weight-gradient traffic than BF16 Megatron-LM; the reduction printed here is
-against `off` with FP32 gradient all-reduce (DESIGN §3 byte convention: what one rank sends).
+against `off` with FP32 gradient all-reduce (docs/design.md §3 byte convention: what one rank sends).
 """
 
 import argparse

@@ -1,6 +1,6 @@
-"""Measured model-state bytes per FP8-eligible parameter for each precision level, against DESIGN §1 and
-against the memory planner, plus every measured category against the planner. Writes
-bench/results/memory.json.
+"""Measured model-state bytes per FP8-eligible parameter for each precision level, against
+docs/design.md §1 and against the memory planner, plus every measured category against the planner.
+Writes bench/results/memory.json.
 
     python bench/memory.py [--layers 4 --hidden 256 --heads 4 --vocab 8192 --seq 256 --batch 8]
 """
@@ -56,7 +56,7 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "memory.json"))
     a = p.parse_args(argv)
     results = {level: measure(level, a) for level in LEVELS}
-    print(f"{'level':6s} {'B/eligible param':>17s} {'DESIGN §1':>10s} {'planner max error':>18s}  measured MB by category")
+    print(f"{'level':6s} {'B/eligible param':>17s} {'design §1':>10s} {'planner max error':>18s}  measured MB by category")
     for level, r in results.items():
         cats = " ".join(f"{k}={v / 2**20:.1f}" for k, v in r["measured"].items())
         print(f"{level:6s} {r['bytes_per_eligible_param']:17.3f} {r['design']:10g} {100 * r['max_planner_error']:17.2f}%  {cats}")

@@ -1,6 +1,6 @@
 """The configuration: one ``Config`` of validated dataclasses, built from Megatron-style flags.
 
-Every error names the flag a user would change. The precision level (DESIGN §1) is resolved here, once,
+Every error names the flag a user would change. The precision level (docs/design.md §1) is resolved here, once,
 into a :class:`PrecisionPolicy` — plain data that the layers and the optimizer read, so that no module
 branches on the level name.
 """
@@ -82,7 +82,7 @@ class ParallelConfig:
 
 @dataclass(frozen=True)
 class PrecisionPolicy:
-    """What each level keeps in which dtype (DESIGN §1), resolved from the level and explicit flags.
+    """What each level keeps in which dtype (docs/design.md §1), resolved from the level and explicit flags.
 
     ``weight``/``grad``/``master``/``exp_avg``/``exp_avg_sq`` describe FP8-eligible parameters (linear
     weights). ``master`` is None when the weight itself is the master copy. Other parameters keep
@@ -100,7 +100,7 @@ class PrecisionPolicy:
     other_grad_reduce: torch.dtype  # wire dtype of the float gradients of non-FP8 parameters
 
     def eligible_bytes_per_param(self, dp_size: int = 1, sharded: bool = False) -> float:
-        """Model-state bytes per FP8-eligible parameter (the DESIGN §1 table)."""
+        """Model-state bytes per FP8-eligible parameter (the docs/design.md §1 table)."""
         def size(dtype):
             return torch.empty((), dtype=dtype).element_size() if dtype is not None else 0
         states = size(self.master) + size(self.exp_avg) + size(self.exp_avg_sq)

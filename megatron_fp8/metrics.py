@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import torch
 
 from .config import ModelConfig
+from .fp8.gemm import FALLBACKS as GEMM_FALLBACKS
 
 MB = 1024 * 1024
 
@@ -79,6 +80,9 @@ class MetricsLogger:
     def log_iteration(self, rec: dict) -> None:
         if not self.enabled:
             return
+        fallbacks = GEMM_FALLBACKS.snapshot()  # FP8 GEMMs run as dequantize+matmul (per shape, cumulative)
+        if fallbacks:
+            rec = dict(rec, gemm_fallbacks=fallbacks)
         mem = " ".join(f"{k}={v / MB:.2f}" for k, v in rec["mem"].items())
         comm = " ".join(f"{k}={v / MB:.2f}" for k, v in rec.get("comm", {}).items()) or "none"
         self.print(
@@ -91,7 +95,8 @@ class MetricsLogger:
             f" lm loss: {rec['lm_loss']:.6E} | grad norm: {rec['grad_norm']:.3f} |"
             f" number of skipped iterations: {rec['skipped_iterations']:3d} |"
             f" number of nan iterations: {rec['nan_iterations']:3d} |"
-            f" mem (MB): {mem} | comm (MB): {comm} |")
+            f" mem (MB): {mem} | comm (MB): {comm} |"
+            + (f" fp8 gemm fallbacks: {sum(fallbacks.values())} |" if fallbacks else ""))
         if self.json_file:
             self.json_file.write(json.dumps(rec) + "\n")
             self.json_file.flush()
@@ -101,6 +106,8 @@ class MetricsLogger:
                 self.writer.add_scalar(key.replace("_", "-"), rec[key], step)
             for key, value in rec["mem"].items():
                 self.writer.add_scalar(f"mem/{key}", value, step)
+            if fallbacks:
+                self.writer.add_scalar("fp8-gemm-fallbacks", sum(fallbacks.values()), step)
 
     def log_eval(self, iteration: int, loss: float, split: str = "validation") -> None:
         if not self.enabled:

@@ -1,9 +1,14 @@
 """Tiny models and a learnable synthetic dataset shared by the training and parallel tests."""
 
+import importlib.util
+import os
+
 import numpy as np
 
 from megatron_fp8.config import Config, ModelConfig, ParallelConfig, PrecisionConfig, TrainingConfig
+from megatron_fp8.fp8.scaling import Fp8Recipe
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = 128
 SEQ = 32
 
@@ -11,15 +16,16 @@ SEQ = 32
 class PatternDataset:
     """Sequences ``a, a+d, a+2d, ... (mod VOCAB)``: next tokens are predictable from context, so loss falls."""
 
-    def __init__(self, n: int = 4096, seed: int = 0):
+    def __init__(self, n: int = 4096, seed: int = 0, seq: int = SEQ):
         rng = np.random.RandomState(seed)
         self.starts, self.steps = rng.randint(0, VOCAB, n), rng.randint(1, 7, n)
+        self.seq = seq
 
     def __len__(self):
         return len(self.starts)
 
     def __getitem__(self, i):
-        return {"text": (self.starts[i] + self.steps[i] * np.arange(SEQ + 1)) % VOCAB}
+        return {"text": (self.starts[i] + self.steps[i] * np.arange(self.seq + 1)) % VOCAB}
 
 
 def tiny_config(level: str = "O2", tp: int = 1, pp: int = 1, sp: bool = False, **training) -> Config:
@@ -34,6 +40,30 @@ def tiny_config(level: str = "O2", tp: int = 1, pp: int = 1, sp: bool = False, *
                                           sequence_parallel=sp))
 
 
+ODD_SEQ = 12
+
+
+def odd_shapes_config(level: str = "O2", recipe: str = "delayed", **training) -> Config:
+    """A one-layer GPT none of whose FP8 GEMM dimensions is a multiple of 16: hidden 40 (K of QKV and fc1,
+    N of their dgrad), QKV 120, tokens per micro-batch 2 x 12 = 24 (K of every weight
+    gradient). Train it on ``PatternDataset(seq=ODD_SEQ)``."""
+    cfg = tiny_config(level, **{"micro_batch_size": 2, "global_batch_size": 4, **training})
+    cfg.model = ModelConfig(num_layers=1, hidden_size=40, num_attention_heads=4, seq_length=ODD_SEQ,
+                            vocab_size=VOCAB, make_vocab_size_divisible_by=64, hidden_dropout=0.0,
+                            attention_dropout=0.0)
+    cfg.precision = PrecisionConfig(fp8_level=level, recipe=Fp8Recipe(recipe=recipe))
+    return cfg
+
+
 def run_steps(trainer, dataset, steps: int) -> list[float]:
     """Train ``steps`` iterations exactly as ``pretrain`` does; returns the loss of each."""
     return [trainer.train_iteration(dataset).loss for _ in range(steps)]
+
+
+def load_script(relative_path: str):
+    """A script of this checkout that is not in a package (bench/*.py), imported as a module."""
+    name = os.path.splitext(os.path.basename(relative_path))[0]
+    spec = importlib.util.spec_from_file_location(f"script_{name}", os.path.join(ROOT, relative_path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -102,7 +102,7 @@ def gpt_7b(level: str, dp: int) -> Config:
 
 @pytest.mark.parametrize("level", ["off", "gemm", "O1", "O2", "O3"])
 def test_model_states_per_param_match_design_table(level):
-    """DESIGN §1's bytes per FP8-eligible parameter, from the planner's tensors (scales add ~1e-8)."""
+    """docs/design.md §1's bytes per FP8-eligible parameter, from the planner's tensors (scales add ~1e-8)."""
     for dp in (1, 8):
         plan = plan_memory(gpt_7b(level, dp), dp)
         assert plan.planned_bytes_per_param == pytest.approx(plan.design_bytes_per_param, rel=1e-3)
@@ -137,7 +137,7 @@ def test_dry_run_prints_per_gpu_memory():
     out = run_script("scripts/pretrain_gpt_7b.sh", "--dry-run", "--fp8-level", "O3")
     assert out.returncode == 0, out.stderr
     assert "TP1 PP1 DP32" in out.stdout and "per GPU (GiB)" in out.stdout and "O3" in out.stdout
-    assert "total" in out.stdout and "DESIGN §1" in out.stdout
+    assert "total" in out.stdout and "docs/design.md §1" in out.stdout
 
 
 def test_dry_run_layout_error_names_the_flag():

@@ -7,7 +7,7 @@ r"""Per-GPU memory of a megatron_fp8 run, from the same flags as pretrain_gpt.py
         --seq-length 2048 --micro-batch-size 1 --bf16 --use-distributed-optimizer
 
 Prints weights, gradients, master weights, optimizer moments, the FP8 weight cache and activations (with
-and without full-layer recomputation) of the fullest GPU, next to DESIGN §1's bytes per parameter.
+and without full-layer recomputation) of the fullest GPU, next to docs/design.md §1's bytes per parameter.
 Data and tokenizer flags are accepted and ignored: give the vocabulary with --vocab-size.
 """
 

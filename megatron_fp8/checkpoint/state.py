@@ -74,7 +74,10 @@ def set_rng_state(state: dict, pstate: ParallelState) -> None:
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     if "tp_tracker" in state and pstate.rng is not None:
-        pstate.rng.state = state["tp_tracker"]
+        # A generator state only fits a generator of the same kind: a CUDA (Philox) state saved on a GPU
+        # cannot drive a CPU generator, so loading on another device keeps this run's freshly seeded stream.
+        if state["tp_tracker"].numel() == pstate.rng.state.numel():
+            pstate.rng.state = state["tp_tracker"]
 
 
 TOKENIZER_FIELDS = ("tokenizer_type", "tokenizer_model", "vocab_file", "merge_file", "vocab_size")

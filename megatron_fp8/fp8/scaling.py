@@ -53,7 +53,7 @@ def compute_scale_tensor(amax: torch.Tensor, fmax: float, margin: int, previous:
 
 @dataclass
 class Fp8Recipe:
-    """How activations and output gradients of the FP8 GEMMs are scaled (DESIGN §2).
+    """How activations and output gradients of the FP8 GEMMs are scaled (docs/design.md §2).
 
     ``format``: ``hybrid`` (E4M3 forward, E5M2 gradients) or ``e4m3``. ``recipe``: ``delayed`` (scale
     from an amax history), ``current`` (scale from this tensor), ``blockwise`` (1x128 tiles, 128x128

@@ -1,4 +1,4 @@
-"""Word and position embeddings (compute dtype; embeddings are never FP8, DESIGN §1)."""
+"""Word and position embeddings (compute dtype; embeddings are never FP8, docs/design.md §1)."""
 
 import torch
 import torch.nn as nn

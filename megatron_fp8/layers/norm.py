@@ -1,4 +1,4 @@
-"""LayerNorm and RMSNorm in the compute dtype (norms are never FP8, DESIGN §1)."""
+"""LayerNorm and RMSNorm in the compute dtype (norms are never FP8, docs/design.md §1)."""
 
 import torch
 import torch.nn as nn

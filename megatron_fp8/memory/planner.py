@@ -37,7 +37,7 @@ class MemoryPlan:
     params_total: int  # the whole model
     eligible_params: int  # FP8-eligible parameters on this GPU
     eligible_state_bytes: int  # weights + grads + master + moments of those parameters on this GPU
-    design_bytes_per_param: float  # DESIGN §1 for this level and layout
+    design_bytes_per_param: float  # docs/design.md §1 for this level and layout
     stage_totals: list = field(default_factory=list)  # fullest rank of each stage, bytes
 
     @property

@@ -1,4 +1,4 @@
-"""Every collective goes through here, so each step can report the bytes it moved per tag (DESIGN §3).
+"""Every collective goes through here, so each step can report the bytes it moved per tag (docs/design.md §3).
 
 Bytes follow the nccl-tests bus convention: what one rank sends under a ring algorithm for a full tensor
 of S bytes over N ranks: all-reduce 2(N-1)/N*S, reduce-scatter / all-gather / all-to-all (N-1)/N*S,
