@@ -38,6 +38,8 @@ def _parallel_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--overlap-grad-reduce", action="store_true",
                    help="start each gradient bucket's data-parallel reduction during backward")
     g.add_argument("--ddp-bucket-size", type=int, default=1 << 22, help="elements per gradient bucket")
+    g.add_argument("--distributed-timeout-minutes", type=float, default=10.0,
+                   help="timeout of every process group: a collective blocked this long by a hung peer fails")
 
 
 def _precision_args(p: argparse.ArgumentParser) -> None:
@@ -82,6 +84,12 @@ def _training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--exit-interval", type=int, default=None)
     g.add_argument("--log-json", default=None, help="write one JSON object per logged iteration")
     g.add_argument("--tensorboard-dir", default=None)
+    g.add_argument("--no-check-for-nan-in-loss-and-grad", dest="check_for_nan_in_loss_and_grad",
+                   action="store_false", help="do not stop at a NaN loss or gradient norm (skip the step)")
+    g.add_argument("--check-for-nan-in-loss-and-grad", dest="check_for_nan_in_loss_and_grad",
+                   action="store_true", default=True, help="stop at a NaN loss or gradient norm (default)")
+    g.add_argument("--max-consecutive-skipped-iterations", type=int, default=10,
+                   help="stop when this many iterations in a row were skipped (inf/NaN gradients); 0: never")
 
 
 def build_parser() -> argparse.ArgumentParser:

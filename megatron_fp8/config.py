@@ -76,9 +76,11 @@ class ParallelConfig:
     use_distributed_optimizer: bool = False
     overlap_grad_reduce: bool = False
     ddp_bucket_size: int = 1 << 22  # elements per gradient bucket
+    distributed_timeout_minutes: float = 10.0  # every process group; fractions allowed (tests)
 
     def __post_init__(self):
-        _positive(self, "tensor_model_parallel_size", "pipeline_model_parallel_size", "ddp_bucket_size")
+        _positive(self, "tensor_model_parallel_size", "pipeline_model_parallel_size", "ddp_bucket_size",
+                  "distributed_timeout_minutes")
         if self.sequence_parallel and self.tensor_model_parallel_size == 1:
             raise ValueError("--sequence-parallel needs --tensor-model-parallel-size > 1")
 
@@ -188,9 +190,13 @@ class TrainingConfig:
     log_json: str | None = None
     tensorboard_dir: str | None = None
     exit_interval: int | None = None
+    check_for_nan_in_loss_and_grad: bool = True  # stop at a NaN loss or gradient norm (Megatron's default)
+    max_consecutive_skipped_iterations: int = 10  # stop after this many skipped steps in a row (0: never)
 
     def __post_init__(self):
         _positive(self, "micro_batch_size", "train_iters", "log_interval", "eval_interval")
+        if self.max_consecutive_skipped_iterations < 0:
+            raise ValueError("--max-consecutive-skipped-iterations must be >= 0 (0: never stop)")
         if self.global_batch_size is None:
             self.global_batch_size = self.micro_batch_size
         if self.lr_decay_iters is None:

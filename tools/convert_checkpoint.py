@@ -15,7 +15,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from megatron_fp8.checkpoint.lock import SaveDirLock  # noqa: E402
 from megatron_fp8.checkpoint.state import config_from_summary  # noqa: E402
+from megatron_fp8.checkpoint.tracker import iteration_folders, read_tracker  # noqa: E402
 from megatron_fp8.checkpoint.universal import read_universal, write_layout  # noqa: E402
 from megatron_fp8.config import FP8_LEVELS  # noqa: E402
 
@@ -42,6 +44,9 @@ def convert(args) -> str:
         return hf.run(args)
     if not args.load or not args.save:
         raise SystemExit("convert_checkpoint.py: --load and --save are required (or --hf-import / --hf-export)")
+    if read_tracker(args.save) is not None or iteration_folders(args.save):
+        raise SystemExit(f"convert_checkpoint.py: --save {args.save} already holds checkpoints; convert into a "
+                         "new directory (nothing is overwritten)")
     universal = read_universal(args.load)
     config = config_from_summary(universal["config"], args.target_fp8_level)
     tp = args.target_tensor_parallel_size or config.parallel.tensor_model_parallel_size
@@ -51,7 +56,8 @@ def convert(args) -> str:
         raise SystemExit(f"convert_checkpoint.py: {config.model.num_attention_heads} heads / {config.model.num_layers} "
                          f"layers do not split over --target-tensor-parallel-size {tp} / "
                          f"--target-pipeline-parallel-size {pp}")
-    return write_layout(universal, config, tp, pp, dp, args.save, args.target_use_distributed_optimizer)
+    with SaveDirLock(args.save):
+        return write_layout(universal, config, tp, pp, dp, args.save, args.target_use_distributed_optimizer)
 
 
 def main(argv=None) -> None:

@@ -15,10 +15,11 @@ from types import SimpleNamespace
 import torch
 
 from ..config import Config, ModelConfig, PrecisionConfig
+from ..fsutil import naming_write_errors, remove_quietly
 from . import hf_gpt2, hf_llama, hf_tokenizer
-from .atomic import read_tracker
 from .hf_common import check_shapes, load_hf_config, read_hf_weights, require_transformers
 from .state import config_summary
+from .tracker import read_tracker
 from .universal import read_universal, write_layout
 
 ARCHITECTURES = (hf_gpt2, hf_llama)
@@ -135,14 +136,19 @@ def export_hf(load: str, dest: str, log=print) -> str:
     hf_config = arch.model_class().config_class(**fields)
     hf_config.architectures = [arch.ARCHITECTURE]
     staged = os.path.normpath(dest) + ".tmp"
-    shutil.rmtree(staged, ignore_errors=True)
-    _save_pretrained(arch, hf_config, arch.to_hf(params, m, vocab), staged)
-    if base_dir and os.path.isfile(os.path.join(base_dir, "generation_config.json")):
-        shutil.copy2(os.path.join(base_dir, "generation_config.json"), staged)
-    written = hf_tokenizer.copy_export_files(section, staged)
-    if os.path.isdir(dest):
-        os.rmdir(dest)  # empty (checked above)
-    os.replace(staged, dest)
+    remove_quietly(staged)
+    try:
+        with naming_write_errors(staged):
+            _save_pretrained(arch, hf_config, arch.to_hf(params, m, vocab), staged)
+            if base_dir and os.path.isfile(os.path.join(base_dir, "generation_config.json")):
+                shutil.copy2(os.path.join(base_dir, "generation_config.json"), staged)
+            written = hf_tokenizer.copy_export_files(section, staged)
+        if os.path.isdir(dest):
+            os.rmdir(dest)  # empty (checked above)
+        os.replace(staged, dest)
+    except BaseException:
+        remove_quietly(staged)  # no half-written export left behind
+        raise
     log(f" > exported {arch.ARCHITECTURE} (vocab {vocab}) to {dest}; tokenizer files: {', '.join(written) or 'none'}")
     return dest
 

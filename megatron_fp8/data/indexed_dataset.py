@@ -14,7 +14,7 @@ import struct
 
 import numpy as np
 
-from megatron_fp8.data.fsutil import remove_quietly, temp_name
+from megatron_fp8.fsutil import remove_quietly, temp_name
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
@@ -110,6 +110,11 @@ class IndexedDataset:
         """What cached index arrays built on this dataset depend on (a rewrite changes the counts or size)."""
         return {"prefix": os.path.abspath(self.prefix), "sequences": len(self), "tokens": self.num_tokens,
                 "idx_bytes": os.path.getsize(idx_path(self.prefix))}
+
+    @property
+    def tokens(self) -> np.ndarray:
+        """Every token of the .bin, back to back (a memory map)."""
+        return self._bin
 
     def __getstate__(self):  # reopen in DataLoader workers instead of pickling the whole memory map
         return {"prefix": self.prefix}
