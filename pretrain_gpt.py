@@ -11,13 +11,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from megatron_fp8.arguments import parse_config  # noqa: E402
 from megatron_fp8.checkpoint.paths import CheckpointDirError  # noqa: E402
+from megatron_fp8.checkpoint.safe_load import UnsafeCheckpointError  # noqa: E402
+from megatron_fp8.data.indexed_dataset import DataFormatError  # noqa: E402
 from megatron_fp8.divergence import TrainingDiverged  # noqa: E402
 from megatron_fp8.fsutil import DiskFullError  # noqa: E402
 from megatron_fp8.parallel.comm import CollectiveError  # noqa: E402
 from megatron_fp8.training import pretrain  # noqa: E402
 
 # Errors whose message says all: printed without a traceback, exit status 1.
-STOPS = (CheckpointDirError, TrainingDiverged, DiskFullError, CollectiveError)
+STOPS = (CheckpointDirError, UnsafeCheckpointError, DataFormatError, TrainingDiverged, DiskFullError, CollectiveError)
 
 
 # `python pretrain_gpt.py` with no flags: a short FP8 (O2) run on the built-in default corpus that

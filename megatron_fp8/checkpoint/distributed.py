@@ -15,6 +15,7 @@ checkpoint is sealed at a later step, once every rank reports its files done. Fi
 ``safe_load`` (no code runs from a file) after their size and sha256 match the metadata.
 """
 
+import errno
 import hashlib
 import json
 import os
@@ -24,7 +25,7 @@ import time
 import torch
 
 from ..config import Config
-from ..fsutil import naming_write_errors, remove_quietly
+from ..fsutil import DiskFullError, naming_write_errors, remove_quietly
 from ..parallel import comm
 from ..parallel.state import ParallelState
 from . import safe_load
@@ -120,7 +121,7 @@ class CheckpointWriter:
         try:
             result["files"] = {name: _write(os.path.join(staged, name), obj) for name, obj in shards.items()}
         except Exception as err:  # noqa: BLE001 - reported on the main thread when sealing
-            result["error"] = str(err) or repr(err)
+            result["error"], result["disk_full"] = str(err) or repr(err), isinstance(err, DiskFullError)
 
     def poll(self) -> None:
         """Seal a background save if every rank has finished writing (called once per iteration)."""
@@ -145,7 +146,9 @@ class CheckpointWriter:
         staged = staging_dir(self.root, iteration)
         try:
             if errors:
-                raise OSError(f"checkpoint at iteration {iteration} failed, the previous one is intact: {errors[0]}")
+                kind = DiskFullError if any(r.get("disk_full") for r in results) else OSError
+                raise kind(errno.EIO, f"checkpoint at iteration {iteration} failed, the previous one is intact: "
+                                      f"{errors[0]}")
             if self.pstate.rank == 0:
                 metadata["files"] = {name: info for r in results for name, info in r["files"].items()}
                 write_metadata(staged, metadata)
