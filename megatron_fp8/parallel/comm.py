@@ -99,10 +99,10 @@ class NamedWork:
         return self.work.is_completed()
 
 
-def _call(op: str, tag: str, group, fn, *args, async_op: bool = False, **kwargs):
-    with _naming(op, tag, group):
+def _call(name: str, tag: str, group, fn, *args, async_op: bool = False, **kwargs):
+    with _naming(name, tag, group):
         work = fn(*args, group=group, async_op=async_op, **kwargs)
-    return NamedWork(work, op, tag, group) if async_op and work is not None else work
+    return NamedWork(work, name, tag, group) if async_op and work is not None else work
 
 
 def barrier(group=None, tag: str = "other") -> None:
