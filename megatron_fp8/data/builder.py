@@ -56,7 +56,8 @@ def _build(cfg, tokenizer, samples):
     prefixes, weights = cfg.blend
     low_levels = [IndexedDataset(p) for p in prefixes]
     for low_level, prefix in zip(low_levels, prefixes):
-        check_token_ids(low_level, tokenizer.vocab_size, _cache_dir(cfg, prefix), cfg.tokenizer_type)
+        if tokenizer is not None:  # (index-only callers pass none)
+            check_token_ids(low_level, tokenizer.vocab_size, _cache_dir(cfg, prefix), cfg.tokenizer_type)
     if len(prefixes) == 1:
         return tuple(_split_datasets(cfg, low_levels[0], _cache_dir(cfg, prefixes[0]), samples))
     if weights is None:  # unweighted list: proportional to each dataset's tokens
