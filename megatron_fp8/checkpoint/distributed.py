@@ -215,7 +215,7 @@ def converter_command(root: str, saved: dict, config: Config, here: dict) -> str
     if saved.get("config", {}).get("precision", {}).get("fp8_level", config.precision.fp8_level) \
             != config.precision.fp8_level:
         cmd += f" --target-fp8-level {config.precision.fp8_level}"
-    return f"{cmd}, then resume with --load {target}"
+    return f"{cmd}, then resume with --load {target} --save {target}"
 
 
 def check_layout(metadata: dict, config: Config, pstate: ParallelState, source: str) -> None:

@@ -47,7 +47,7 @@ def test_tp1_checkpoint_at_tp2_names_the_tp_size_and_a_working_converter_command
     assert argv[argv.index("--load") + 1] == str(tmp_path / "ckpt")  # the checkpoint root, not iter_XXXXXXX
     assert "--target-use-distributed-optimizer" not in argv
     convert_checkpoint.main(argv)  # pasted as is
-    target = message.rsplit("then resume with --load ", 1)[1]
+    target = message.rsplit("then resume with --load ", 1)[1].split()[0]
     _, metadata = read_metadata(target)
     assert metadata["layout"]["tp"] == 2 and metadata["config"]["model"]["vocab_size"] == 256
     resumed = Trainer(config(2), ParallelState(tp_size=2, tp_rank=0))
@@ -64,7 +64,7 @@ def test_distributed_optimizer_run_gets_the_flags_it_needs(tmp_path):
     argv = converter_command_in(str(err.value))
     assert argv[argv.index("--target-data-parallel-size") + 1] == "2" and "--target-use-distributed-optimizer" in argv
     convert_checkpoint.main(argv)
-    _, converted = read_metadata(str(err.value).rsplit("then resume with --load ", 1)[1])
+    _, converted = read_metadata(str(err.value).rsplit("then resume with --load ", 1)[1].split()[0])
     assert converted["layout"] == {"tp": 1, "pp": 1, "dp": 2, "distributed_optimizer": True}
 
 
