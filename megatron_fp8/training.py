@@ -16,8 +16,8 @@ import torch
 from . import batches
 from .checkpoint.distributed import CheckpointWriter, load_rank_files, model_file, optim_file, rng_file
 from .checkpoint.paths import prepare_for_run
-from .checkpoint.tracker import iteration_dir
 from .checkpoint.state import load_model_state, model_state, rng_state
+from .checkpoint.tracker import iteration_dir
 from .config import Config
 from .data import build_tokenizer, build_train_valid_test_datasets, resolve_default_corpus
 from .divergence import DivergenceGuard

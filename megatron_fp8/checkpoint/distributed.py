@@ -146,9 +146,10 @@ class CheckpointWriter:
         staged = staging_dir(self.root, iteration)
         try:
             if errors:
-                kind = DiskFullError if any(r.get("disk_full") for r in results) else OSError
-                raise kind(errno.EIO, f"checkpoint at iteration {iteration} failed, the previous one is intact: "
-                                      f"{errors[0]}")
+                full = any(r.get("disk_full") for r in results)
+                raise (DiskFullError if full else OSError)(
+                    errno.ENOSPC if full else errno.EIO,
+                    f"checkpoint at iteration {iteration} failed, the previous one is intact: {errors[0]}")
             if self.pstate.rank == 0:
                 metadata["files"] = {name: info for r in results for name, info in r["files"].items()}
                 write_metadata(staged, metadata)

@@ -18,6 +18,7 @@ from ..config import Config, ModelConfig, PrecisionConfig
 from ..fsutil import naming_write_errors, remove_quietly
 from . import hf_gpt2, hf_llama, hf_tokenizer
 from .hf_common import check_shapes, load_hf_config, read_hf_weights, require_transformers
+from .lock import SaveDirLock
 from .state import config_summary
 from .tracker import read_tracker
 from .universal import read_universal, write_layout
@@ -68,7 +69,8 @@ def import_hf(src: str, save: str, tp: int = 1, pp: int = 1, dp: int = 1, distri
     universal = {"config": config_summary(config), "progress": dict(PROGRESS), "iteration": 0, "params": params,
                  # the master copy (where a level keeps one) starts from the exact float32 value
                  "optim": {name: {"master": t} for name, t in params.items()}, "step": 0, "fp8": {}}
-    out = write_layout(universal, config, tp, pp, dp, save, distributed_optimizer)
+    with SaveDirLock(save):
+        out = write_layout(universal, config, tp, pp, dp, save, distributed_optimizer)
     log(f" > imported {arch.ARCHITECTURE} from {src}: {model.num_layers} layers, hidden {model.hidden_size}, "
         f"vocab {vocab} (padded to {config.model.vocab_size}), TP{tp} PP{pp}, --fp8-level {fp8_level}, "
         f"tokenizer: {section['tokenizer_type'] if section else 'none'}")
