@@ -73,6 +73,8 @@ class ParallelConfig:
     use_distributed_optimizer: bool = flag(False, "shard optimizer states over data-parallel ranks (ZeRO-1)")
     overlap_grad_reduce: bool = flag(False, "start each gradient bucket's data-parallel reduction during backward")
     ddp_bucket_size: int = flag(1 << 22, "elements per gradient bucket", bounds=POSITIVE)
+    distributed_timeout_minutes: float = flag(10.0, "timeout of every process group: a collective blocked this "
+                                              "long by a hung peer fails, naming the operation", bounds=POSITIVE)
 
     def __post_init__(self):
         check_fields(self)
@@ -183,6 +185,10 @@ class TrainingConfig:
     log_json: str | None = flag(None, "write one JSON object per logged iteration to this file")
     tensorboard_dir: str | None = flag(None, "TensorBoard event directory")
     exit_interval: int | None = flag(None, "stop after an iteration divisible by this", bounds=POSITIVE)
+    check_for_nan_in_loss_and_grad: bool = flag(True, "stop at a NaN loss or gradient norm (Megatron's default)",
+                                                negative="--no-check-for-nan-in-loss-and-grad")
+    max_consecutive_skipped_iterations: int = flag(10, "stop when this many iterations in a row were skipped "
+                                                       "(inf/NaN gradients); 0: never", bounds=NON_NEGATIVE)
 
     def __post_init__(self):
         check_fields(self)

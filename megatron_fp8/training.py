@@ -15,9 +15,12 @@ import torch
 
 from . import batches
 from .checkpoint.distributed import CheckpointWriter, load_rank_files, model_file, optim_file, rng_file
+from .checkpoint.paths import prepare_for_run
 from .checkpoint.state import load_model_state, model_state, rng_state
+from .checkpoint.tracker import iteration_dir
 from .config import Config
 from .data import build_tokenizer, build_train_valid_test_datasets, resolve_default_corpus
+from .divergence import DivergenceGuard
 from .layers.embedding import padded_vocab_size
 from .metrics import ActivationMeter, MetricsLogger, model_flops_per_iteration, weight_bytes
 from .model import GPTModel
@@ -207,7 +210,7 @@ class Trainer:
 
 def build_data(config: Config, pstate: ParallelState, printer=print):
     """Tokenizer and train/valid/test datasets; sets the padded vocabulary size on the model config."""
-    barrier = torch.distributed.barrier if pstate.world_size > 1 else None
+    barrier = comm.barrier if pstate.world_size > 1 else None
     data_cfg = resolve_default_corpus(config.data, rank=pstate.rank, barrier=barrier)
     config.data = data_cfg
     tokenizer = build_tokenizer(data_cfg)
@@ -242,11 +245,28 @@ def pretrain(config: Config, printer=print) -> dict:
     """Train as the flags say; returns a summary (final losses, iterations) for scripts and tests."""
     pstate = init_distributed(config)
     printer = printer if pstate.is_logging_rank else (lambda *a, **k: None)
+    loads, lock = prepare_for_run(config.training.load, config.training.save, pstate, printer)
+    try:
+        return _pretrain(config, pstate, loads, printer)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _pretrain(config: Config, pstate: ParallelState, loads: bool, printer) -> dict:
     t = config.training
     _, (train_ds, valid_ds, test_ds) = build_data(config, pstate, printer)
     trainer = Trainer(config, pstate)
-    if t.load and trainer.load(t.load):
+    last_saved = None
+    if loads and trainer.load(t.load):
+        last_saved = iteration_dir(t.load, trainer.progress.iteration)
         printer(f" > loaded checkpoint from {t.load} at iteration {trainer.progress.iteration}")
+    start_iteration = trainer.progress.iteration
+    if start_iteration >= t.train_iters:
+        printer(f" > the checkpoint is at iteration {start_iteration}, which already reached --train-iters "
+                f"{t.train_iters}: nothing to train (raise --train-iters to continue)")
+    guard = DivergenceGuard(t.check_for_nan_in_loss_and_grad, t.max_consecutive_skipped_iterations,
+                            pstate.is_last_stage, pstate.world_size)
     print_startup(trainer, printer)
     logger = MetricsLogger(t.train_iters, t.log_json, t.tensorboard_dir, enabled=pstate.is_logging_rank,
                            printer=printer)
@@ -260,6 +280,7 @@ def pretrain(config: Config, printer=print) -> dict:
             p = trainer.progress
             start = time.perf_counter()
             result = trainer.train_iteration(train_ds)
+            guard.check(p.iteration, result.loss, result.grad_norm, result.skipped, last_saved)
             elapsed = time.perf_counter() - start
             lr = trainer.scheduler.lr(p.iteration)
             window.append((result, elapsed))
@@ -282,6 +303,7 @@ def pretrain(config: Config, printer=print) -> dict:
             trainer.poll_saves()
             if t.save and t.save_interval and p.iteration % t.save_interval == 0:
                 blocked = trainer.save(t.save, t.async_save)
+                last_saved = iteration_dir(t.save, p.iteration)
                 printer(f" > checkpoint at iteration {p.iteration}: training blocked for {blocked * 1000:.1f} ms"
                         f"{' (writing continues in the background)' if t.async_save else ''}")
             if t.exit_interval and p.iteration % t.exit_interval == 0:
@@ -290,7 +312,8 @@ def pretrain(config: Config, printer=print) -> dict:
         if valid_ds is not None and t.eval_iters and trainer.progress.iteration % t.eval_interval:
             summary["valid_loss"] = trainer.evaluate(valid_ds, t.eval_iters)
             logger.log_eval(trainer.progress.iteration, summary["valid_loss"])
-        if t.save and not (t.save_interval and trainer.progress.iteration % t.save_interval == 0):
+        trained = trainer.progress.iteration > start_iteration  # a finished run is not saved again
+        if t.save and trained and not (t.save_interval and trainer.progress.iteration % t.save_interval == 0):
             trainer.save(t.save)
         trainer.finish_saves()
     finally:

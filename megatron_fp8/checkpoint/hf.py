@@ -15,10 +15,12 @@ from types import SimpleNamespace
 import torch
 
 from ..config import Config, ModelConfig, PrecisionConfig
+from ..fsutil import naming_write_errors, remove_quietly
 from . import hf_gpt2, hf_llama, hf_tokenizer
-from .atomic import read_tracker
 from .hf_common import check_shapes, load_hf_config, read_hf_weights, require_transformers
+from .lock import SaveDirLock
 from .state import config_summary
+from .tracker import read_tracker
 from .universal import prepare_target, read_universal, write_layout
 
 ARCHITECTURES = (hf_gpt2, hf_llama)
@@ -58,7 +60,8 @@ def import_hf(src: str, save: str, tp: int = 1, pp: int = 1, dp: int = 1, distri
     universal = {"config": config_summary(config), "progress": dict(PROGRESS), "iteration": 0, "params": params,
                  # the master copy (where a level keeps one) starts from the exact float32 value
                  "optim": {name: {"master": t} for name, t in params.items()}, "step": 0, "fp8": {}}
-    out = write_layout(universal, config, tp, pp, dp, save, distributed_optimizer)
+    with SaveDirLock(save):
+        out = write_layout(universal, config, tp, pp, dp, save, distributed_optimizer)
     log(f" > imported {arch.ARCHITECTURE} from {src}: {model.num_layers} layers, hidden {model.hidden_size}, "
         f"vocab {vocab} (padded to {config.model.vocab_size}), TP{tp} PP{pp}, --fp8-level {fp8_level}, "
         f"tokenizer: {section['tokenizer_type'] if section else 'none'}")
@@ -126,14 +129,19 @@ def export_hf(load: str, dest: str, log=print) -> str:
     hf_config = arch.model_class().config_class(**fields)
     hf_config.architectures = [arch.ARCHITECTURE]
     staged = os.path.normpath(dest) + ".tmp"
-    shutil.rmtree(staged, ignore_errors=True)
-    _save_pretrained(arch, hf_config, arch.to_hf(params, m, vocab), staged)
-    if base_dir and os.path.isfile(os.path.join(base_dir, "generation_config.json")):
-        shutil.copy2(os.path.join(base_dir, "generation_config.json"), staged)
-    written = hf_tokenizer.copy_export_files(section, staged)
-    if os.path.isdir(dest):
-        os.rmdir(dest)  # empty (checked above)
-    os.replace(staged, dest)
+    remove_quietly(staged)
+    try:
+        with naming_write_errors(staged):
+            _save_pretrained(arch, hf_config, arch.to_hf(params, m, vocab), staged)
+            if base_dir and os.path.isfile(os.path.join(base_dir, "generation_config.json")):
+                shutil.copy2(os.path.join(base_dir, "generation_config.json"), staged)
+            written = hf_tokenizer.copy_export_files(section, staged)
+        if os.path.isdir(dest):
+            os.rmdir(dest)  # empty (checked above)
+        os.replace(staged, dest)
+    except BaseException:
+        remove_quietly(staged)  # no half-written export left behind
+        raise
     log(f" > exported {arch.ARCHITECTURE} (vocab {vocab}) to {dest}; tokenizer files: {', '.join(written) or 'none'}")
     return dest
 

@@ -24,6 +24,7 @@ MODEL_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_
                 "untie_embeddings_and_output_weights", "add_bias_linear", "openai_gelu", "rotary_base",
                 "layernorm_epsilon")
 PRECISION_FIELDS = ("fp8_level", "bf16", "main_params_dtype", "exp_avg_dtype", "exp_avg_sq_dtype")
+RECIPE_FIELDS = ("format", "recipe", "amax_history_len")  # Fp8Recipe fields, flags --fp8-<field>
 
 
 def model_state(model: torch.nn.Module, pstate: ParallelState, config: Config) -> dict:
@@ -58,8 +59,22 @@ def load_model_state(model: torch.nn.Module, state: dict, source: str) -> None:
             mod.fp8_state.load_state_dict(state["fp8"][name])
 
 
+def _numpy_state() -> dict:
+    """numpy's global RNG state as plain numbers and a tensor (no ndarray: files load with weights_only)."""
+    key, words, pos, has_gauss, cached = np.random.get_state()
+    return {"key": key, "words": torch.from_numpy(words.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def _set_numpy_state(state) -> None:
+    if isinstance(state, dict):
+        state = (state["key"], state["words"].numpy().astype(np.uint32), state["pos"], state["has_gauss"],
+                 state["cached_gaussian"])
+    np.random.set_state(state)  # a tuple with an ndarray: files written before the plain form
+
+
 def rng_state(pstate: ParallelState) -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    state = {"python": random.getstate(), "numpy": _numpy_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     if pstate.rng is not None:
@@ -69,7 +84,7 @@ def rng_state(pstate: ParallelState) -> dict:
 
 def set_rng_state(state: dict, pstate: ParallelState) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    _set_numpy_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -105,6 +120,13 @@ def check_config(saved: dict, config: Config, source: str) -> None:
                 flag = "--" + key.replace("_", "-")
                 raise ValueError(f"{source}: checkpoint was saved with {flag}={old!r}, "
                                  f"but this run has {flag}={value!r}")
+    saved_recipe = saved["precision"].get("recipe", {}) if config.precision.fp8_level != "off" else {}
+    for key in RECIPE_FIELDS:  # what the saved FP8 scaling state (scales, amax histories) means
+        value, old = current["precision"]["recipe"][key], saved_recipe.get(key)
+        if old is not None and old != value:
+            flag = "--fp8-" + key.replace("_", "-")
+            raise ValueError(f"{source}: checkpoint was saved with {flag}={old!r}, but this run has "
+                             f"{flag}={value!r}; resume with the checkpoint's {flag}")
 
 
 def config_from_summary(summary: dict, fp8_level: str | None = None) -> Config:

@@ -6,9 +6,7 @@ scaling state. ``write_layout`` builds every rank's files for any target TP/PP/D
 values are sharded and requantized with fresh scales into whatever storage the target level uses.
 """
 
-import json
 import os
-import shutil
 
 import torch
 
@@ -16,15 +14,17 @@ from ..config import Config
 from ..fp8.formats import is_scaled
 from ..fp8.reference import load as load_stored
 from ..fp8.tensor import Fp8Tensor
+from ..fsutil import remove_quietly
 from ..layers.embedding import padded_vocab_size
 from ..model import GPTModel
 from ..optim.adamw import AdamWSettings, Fp8AdamW
 from ..optim.ownership import assign_param_owners
 from ..parallel.state import ParallelState
-from .atomic import iteration_dir, publish
-from .distributed import METADATA, _write, model_file, optim_file, read_file, read_metadata
+from .distributed import _write, model_file, optim_file, read_file, read_metadata, write_metadata
 from .names import global_name, resize_vocab, shard, unshard
+from .paths import no_checkpoint_message
 from .state import FORMAT, config_summary, model_state
+from .tracker import iteration_dir, publish, staging_dir
 
 VOCAB_ROWS = ("embedding.word_embeddings.weight", "output_layer.weight")
 STATE_KEYS = ("master", "exp_avg", "exp_avg_sq")
@@ -40,7 +40,7 @@ def read_universal(root: str) -> dict:
     """Full float32 model and optimizer state of the newest checkpoint under ``root``."""
     found = read_metadata(root)
     if found is None:
-        raise FileNotFoundError(f"{root}: no checkpoint (no latest_checkpointed_iteration.txt)")
+        raise FileNotFoundError(no_checkpoint_message(root))
     directory, metadata = found
     layout = metadata["layout"]
     sharded_opt = layout["distributed_optimizer"] and layout["dp"] > 1
@@ -136,11 +136,30 @@ def write_layout(universal: dict, config: Config, tp: int, pp: int, dp: int, roo
                  distributed_optimizer: bool = False) -> str:
     """Write a checkpoint of ``universal`` for the target layout and ``config``'s precision level."""
     prepare_target(config, universal["config"]["model"], tp, pp, dp, distributed_optimizer)
-    m = config.model
     iteration = universal["iteration"]
-    staged = iteration_dir(root, iteration) + ".tmp"
-    shutil.rmtree(staged, ignore_errors=True)
+    os.makedirs(root, exist_ok=True)
+    staged = staging_dir(root, iteration)
+    remove_quietly(staged)
     os.makedirs(staged)
+    try:
+        files = _write_shards(universal, config, tp, pp, dp, distributed_optimizer, staged)
+        summary = config_summary(config)
+        if config.data is None:  # keep the source's tokenizer: generate.py and resumed runs need it
+            summary["tokenizer"] = universal["config"].get("tokenizer", {})
+        write_metadata(staged, {"format": FORMAT, "iteration": iteration, "progress": universal["progress"],
+                                "config": summary, "files": files,
+                                "layout": {"tp": tp, "pp": pp, "dp": dp,
+                                           "distributed_optimizer": distributed_optimizer}})
+        publish(root, iteration, staged)
+    except BaseException:
+        remove_quietly(staged)  # a failed conversion (a full disk, say) leaves no litter behind
+        raise
+    return iteration_dir(root, iteration)
+
+
+def _write_shards(universal, config, tp, pp, dp, distributed_optimizer, staged) -> dict:
+    """Every rank's model and optimizer files of the target layout, written into ``staged``."""
+    m = config.model
     files = {}
     tied = not m.untie_embeddings_and_output_weights
     for pp_rank in range(pp):
@@ -169,17 +188,7 @@ def write_layout(universal: dict, config: Config, tp: int, pp: int, dp: int, roo
                 opt = _optimizer_for(universal, config, owned, pstate, m.num_layers, tied)
                 files[optim_file(tp_rank, pp_rank, dp_rank)] = _write(
                     os.path.join(staged, optim_file(tp_rank, pp_rank, dp_rank)), opt.state_dict())
-    summary = config_summary(config)
-    if config.data is None:  # keep the source's tokenizer: generate.py and resumed runs need it
-        summary["tokenizer"] = universal["config"].get("tokenizer", {})
-    metadata = {"format": FORMAT, "iteration": iteration, "progress": universal["progress"],
-                "config": summary, "files": files,
-                "layout": {"tp": tp, "pp": pp, "dp": dp, "distributed_optimizer": distributed_optimizer}}
-    with open(os.path.join(staged, METADATA), "w", encoding="utf-8") as f:
-        json.dump(metadata, f, indent=1, default=str)
-    os.makedirs(root, exist_ok=True)
-    publish(root, iteration, staged)
-    return iteration_dir(root, iteration)
+    return files
 
 
 def _global_module(module: str, pstate: ParallelState, num_layers: int) -> str:

@@ -13,6 +13,7 @@ from megatron_fp8.data.blended_dataset import BlendedDataset
 from megatron_fp8.data.gpt_dataset import GPTDataset
 from megatron_fp8.data.indexed_dataset import IndexedDataset
 from megatron_fp8.data.mock_dataset import MockLowLevelDataset
+from megatron_fp8.data.vocab_check import check_token_ids
 
 SPLIT_NAMES = ("train", "valid", "test")
 BLEND_MARGIN = 1.005  # each component gets 0.5% more samples than its share, as in Megatron
@@ -54,6 +55,9 @@ def _build(cfg, tokenizer, samples):
         return tuple(_split_datasets(cfg, low_level, None, samples))
     prefixes, weights = cfg.blend
     low_levels = [IndexedDataset(p) for p in prefixes]
+    for low_level, prefix in zip(low_levels, prefixes):
+        if tokenizer is not None:  # (index-only callers pass none)
+            check_token_ids(low_level, tokenizer.vocab_size, _cache_dir(cfg, prefix), cfg.tokenizer_type)
     if len(prefixes) == 1:
         return tuple(_split_datasets(cfg, low_levels[0], _cache_dir(cfg, prefixes[0]), samples))
     if weights is None:  # unweighted list: proportional to each dataset's tokens

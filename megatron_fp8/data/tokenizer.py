@@ -141,7 +141,12 @@ class NullTokenizer(Tokenizer):
         self.eod = int(vocab_size)
 
     def encode(self, text: str) -> list[int]:
-        return [int(x) for x in text.split()]
+        try:
+            return [int(x) for x in text.split()]
+        except ValueError:
+            bad = next(x for x in text.split() if not x.lstrip("+-").isdigit())
+            raise ValueError(f"{bad[:40]!r} is not a token id (NullTokenizer reads space-separated "
+                             "integer ids)") from None
 
     def decode(self, ids) -> str:
         return " ".join(map(str, as_int_list(ids)))
