@@ -229,6 +229,8 @@ class TrainingConfig:
     eval_iters: int = flag(10, "batches per evaluation", bounds=NON_NEGATIVE)
     save: str | None = flag(None, "checkpoint directory to write")
     load: str | None = flag(None, "checkpoint directory to resume from")
+    use_checkpoint_args: bool = flag(False, "take the model's shape, tokenizer, precision and TP/PP layout from the "
+                                            "checkpoint under --load (flags given explicitly must agree)")
     save_interval: int | None = flag(None, "iterations between checkpoints", bounds=POSITIVE)
     async_save: bool = flag(False, "write checkpoints in the background from a snapshot while training goes on")
     log_json: str | None = flag(None, "write one JSON object per logged iteration to this file")
@@ -247,6 +249,8 @@ class TrainingConfig:
             raise ValueError(f"--min-lr {self.min_lr} exceeds --lr {self.lr}")
         if self.save_interval is not None and self.save is None:
             raise ValueError("--save-interval needs --save DIR")
+        if self.use_checkpoint_args and self.load is None:
+            raise ValueError("--use-checkpoint-args needs --load DIR (the checkpoint to take the model from)")
 
 
 @dataclass
