@@ -3,6 +3,7 @@ catches, layouts and precision levels on the way, architecture choice on export,
 model with --use-checkpoint-args."""
 
 import os
+import re
 import sys
 from types import SimpleNamespace
 
@@ -20,6 +21,7 @@ import convert_checkpoint  # noqa: E402
 import generate  # noqa: E402
 import pretrain_gpt  # noqa: E402
 
+from megatron_fp8.arguments import parse_config  # noqa: E402
 from megatron_fp8.checkpoint import hf, hf_llama  # noqa: E402
 from megatron_fp8.model.rope import rope_tables  # noqa: E402
 
@@ -87,6 +89,13 @@ def test_llama31_rope_scaling_is_what_makes_the_logits_agree(dirs, tmp_path):
     tokens = torch.randint(0, VOCAB, (2, 48), generator=torch.Generator().manual_seed(0))
     ours = model(tokens, torch.arange(48).expand_as(tokens))[..., :VOCAB]
     assert (ours - hf_model(tokens).logits).abs().max() > 1e-3
+
+
+def test_tensor_parallel_must_divide_the_query_groups(dirs, tmp_path):
+    """4 query heads in 2 groups: TP4 would split a group; refused before anything is written."""
+    with pytest.raises(SystemExit, match="--num-query-groups 2 is not divisible by --target-tensor-parallel-size 4"):
+        _import(dirs["llama3_gqa"][0], str(tmp_path / "ckpt"), "--target-tensor-parallel-size", "4")
+    assert not os.path.exists(tmp_path / "ckpt")
 
 
 def test_tp2_pp2_at_o1_and_back(dirs, tmp_path):
@@ -162,11 +171,10 @@ def test_use_checkpoint_args_refuses_conflicting_flags(dirs, tmp_path, capsys, f
     ckpt = _import(src, str(tmp_path / "ckpt"))
     with pytest.raises(SystemExit):
         pretrain_gpt.main(TRAIN + ["--load", ckpt, "--train-iters", "1"] + flags)
-    assert __import__("re").search(message, capsys.readouterr().err)
+    assert re.search(message, capsys.readouterr().err)
     # agreeing flags, spelled out or resolved the same way, are fine
-    from megatron_fp8.arguments import parse_config
-    config = parse_config(TRAIN + ["--load", ckpt, "--num-layers", "2", "--kv-channels", "16", "--group-query-attention",
-                                   "--num-query-groups", "2", "--seq-length", "16"])
+    config = parse_config(TRAIN + ["--load", ckpt, "--num-layers", "2", "--kv-channels", "16",
+                                   "--group-query-attention", "--num-query-groups", "2", "--seq-length", "16"])
     assert config.model.seq_length == 16 and config.model.query_groups == 2 and config.data.tokenizer_type == \
         "HuggingFaceTokenizer"
 

@@ -71,7 +71,8 @@ def perturbed_layer(cfg: Config) -> SelfAttention:
     pytest.param(dict(group_query_attention=True, num_query_groups=2, kv_channels=24, add_qkv_bias=True,
                       add_bias_linear=False), id="gqa-kv-channels-qkv-bias"),
     pytest.param(dict(group_query_attention=True, num_query_groups=2, kv_channels=24, position_embedding_type="rope",
-                      rotary_percent=0.5, use_rope_scaling=True, rope_scaling_factor=4.0), id="gqa-partial-scaled-rope"),
+                      rotary_percent=0.5, use_rope_scaling=True, rope_scaling_factor=4.0),
+                 id="gqa-partial-scaled-rope"),
 ])
 def test_attention_matches_plain_reference(model):
     cfg = config(**model)
@@ -160,3 +161,17 @@ def test_tensor_parallel_must_divide_query_groups():
         cfg.validate_layout(4, batch=False)
     cfg.parallel.tensor_model_parallel_size = 2
     assert cfg.validate_layout(4, batch=False) == 2
+
+
+def test_checkpoints_compare_the_resolved_attention_shape():
+    """A checkpoint that left --kv-channels and --num-query-groups to their defaults loads into a run that
+    spells the same shape out, and not into one with another shape (the error names the flag)."""
+    from megatron_fp8.checkpoint.state import check_config, config_summary
+
+    saved = config_summary(config())
+    check_config(saved, config(kv_channels=16, group_query_attention=True, num_query_groups=4), "ckpt")
+    with pytest.raises(ValueError, match="ckpt: checkpoint was saved with --kv-channels=16, but this run has "
+                                         "--kv-channels=8"):
+        check_config(saved, config(kv_channels=8), "ckpt")
+    with pytest.raises(ValueError, match="--num-query-groups=4, but this run has --num-query-groups=2"):
+        check_config(saved, config(group_query_attention=True, num_query_groups=2), "ckpt")
