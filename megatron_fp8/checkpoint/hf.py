@@ -16,9 +16,9 @@ import torch
 
 from ..config import Config, ModelConfig, PrecisionConfig
 from . import hf_gpt2, hf_llama, hf_tokenizer
-from .hf_verify import verify_import
 from .atomic import read_tracker
 from .hf_common import check_shapes, load_hf_config, read_hf_weights, require_transformers
+from .hf_verify import verify_import
 from .state import config_summary
 from .universal import prepare_target, read_universal, write_layout
 
