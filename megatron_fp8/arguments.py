@@ -6,7 +6,9 @@ tune other implementations (``compat``), and builds the validated :class:`Config
 """
 
 import argparse
+import sys
 
+from .checkpoint.checkpoint_args import apply_checkpoint_args
 from .compat import add_compat_args, compat_notes
 from .config import Config, ModelConfig, ParallelConfig, PrecisionConfig, TrainingConfig
 from .data.arguments import add_data_args, data_config_from_args
@@ -37,10 +39,15 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def parse_config(argv=None) -> Config:
-    """Parse flags into a validated Config; bad values exit with the message naming the flag."""
+    """Parse flags into a validated Config; bad values exit with the message naming the flag.
+    ``--use-checkpoint-args`` first fills the model, tokenizer and precision flags from ``--load``."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     try:
-        return config_from_args(args)
+        notes = apply_checkpoint_args(parser, args, argv)
+        config = config_from_args(args)
     except ValueError as err:
         parser.error(str(err))
+    config.startup_notes.extend(notes)
+    return config

@@ -31,6 +31,20 @@ class ModelConfig:
     make_vocab_size_divisible_by: int = flag(128, "pad the vocabulary to a multiple of this x TP", bounds=POSITIVE)
     position_embedding_type: str = flag("learned_absolute", choices=("learned_absolute", "rope"))
     rotary_base: int = flag(10000, "RoPE base (theta)", bounds=POSITIVE)
+    # grouped-query attention, head size, QKV bias, partial and Llama-3.1-scaled RoPE, zero-centred norms
+    group_query_attention: bool = flag(False, "grouped-query attention: --num-query-groups key/value heads, "
+                                              "each shared by a group of query heads")
+    num_query_groups: int | None = flag(None, "key/value heads with --group-query-attention (default 1, as "
+                                              "Megatron; without it: --num-attention-heads)", bounds=POSITIVE)
+    kv_channels: int | None = flag(None, "head dimension (default: --hidden-size / --num-attention-heads)",
+                                   bounds=POSITIVE)
+    add_qkv_bias: bool = flag(False, "bias on the QKV projection only (as Qwen2), also with --disable-bias-linear")
+    rotary_percent: float = flag(1.0, "fraction of the head dimension RoPE rotates", bounds=(0, 1, False, True))
+    use_rope_scaling: bool = flag(False, "Llama-3.1 RoPE frequency scaling (low/high frequency factors 1 and 4, "
+                                         "original context 8192)")
+    rope_scaling_factor: float = flag(8.0, "Llama-3.1 RoPE scaling factor (with --use-rope-scaling)",
+                                      bounds=POSITIVE)
+    apply_layernorm_1p: bool = flag(False, "zero-centred norm weights: stored as w - 1, applied as 1 + w")
     normalization: str = flag("LayerNorm", choices=("LayerNorm", "RMSNorm"))
     layernorm_epsilon: float = flag(1e-5, "epsilon of every norm", name="--norm-epsilon",
                                     aliases=("--layernorm-epsilon",), bounds=POSITIVE)
@@ -46,9 +60,7 @@ class ModelConfig:
 
     def __post_init__(self):
         check_fields(self)
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"--hidden-size {self.hidden_size} must be divisible by "
-                             f"--num-attention-heads {self.num_attention_heads}")
+        self._check_attention()
         if self.ffn_hidden_size is None:
             self.ffn_hidden_size = 4 * self.hidden_size
         if self.max_position_embeddings is None:
@@ -56,13 +68,52 @@ class ModelConfig:
         if self.position_embedding_type == "learned_absolute" and self.seq_length > self.max_position_embeddings:
             raise ValueError(f"--seq-length {self.seq_length} exceeds --max-position-embeddings "
                              f"{self.max_position_embeddings}")
-        if self.head_dim % 2 and self.position_embedding_type == "rope":
-            raise ValueError("--position-embedding-type rope needs an even head dimension "
-                             "(--hidden-size / --num-attention-heads)")
+        self._check_rope()
+
+    def _check_attention(self) -> None:
+        """Megatron's rules for --kv-channels and --num-query-groups (the values stay as given; ``head_dim``
+        and ``query_groups`` resolve the defaults, so a copy with another --hidden-size stays consistent)."""
+        heads = self.num_attention_heads
+        if self.kv_channels is None and self.hidden_size % heads:
+            raise ValueError(f"--hidden-size {self.hidden_size} must be divisible by --num-attention-heads "
+                             f"{heads} (or give the head dimension with --kv-channels)")
+        if not self.group_query_attention and self.num_query_groups not in (None, heads):
+            raise ValueError(f"--num-query-groups {self.num_query_groups} needs --group-query-attention")
+        if heads % self.query_groups:
+            raise ValueError(f"--num-attention-heads {heads} is not divisible by --num-query-groups "
+                             f"{self.query_groups}")
+
+    def _check_rope(self) -> None:
+        if self.position_embedding_type != "rope":
+            for name, value, default in (("--rotary-percent", self.rotary_percent, 1.0),
+                                         ("--use-rope-scaling", self.use_rope_scaling, False)):
+                if value != default:
+                    raise ValueError(f"{name} needs --position-embedding-type rope")
+        elif self.rotary_dim % 2 or self.rotary_dim == 0:
+            raise ValueError(f"--position-embedding-type rope needs an even, non-zero rotary dimension: head "
+                             f"dimension {self.head_dim} (--kv-channels) x --rotary-percent {self.rotary_percent} "
+                             f"gives {self.rotary_dim}")
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+        return self.kv_channels or self.hidden_size // self.num_attention_heads
+
+    @property
+    def query_groups(self) -> int:
+        """Key/value heads: --num-query-groups (default 1) with --group-query-attention, else one per head."""
+        if not self.group_query_attention:
+            return self.num_attention_heads
+        return 1 if self.num_query_groups is None else self.num_query_groups
+
+    @property
+    def rotary_dim(self) -> int:
+        """Leading channels of each head that RoPE rotates (Megatron: int(kv_channels x rotary_percent))."""
+        return int(self.head_dim * self.rotary_percent)
+
+    @property
+    def qkv_size(self) -> int:
+        """Output rows of the fused QKV projection: the query heads plus one key and one value per group."""
+        return (self.num_attention_heads + 2 * self.query_groups) * self.head_dim
 
 
 @dataclass
@@ -180,6 +231,8 @@ class TrainingConfig:
     eval_iters: int = flag(10, "batches per evaluation", bounds=NON_NEGATIVE)
     save: str | None = flag(None, "checkpoint directory to write")
     load: str | None = flag(None, "checkpoint directory to resume from")
+    use_checkpoint_args: bool = flag(False, "take the model's shape, tokenizer, precision and TP/PP layout from the "
+                                            "checkpoint under --load (flags given explicitly must agree)")
     save_interval: int | None = flag(None, "iterations between checkpoints", bounds=POSITIVE)
     async_save: bool = flag(False, "write checkpoints in the background from a snapshot while training goes on")
     log_json: str | None = flag(None, "write one JSON object per logged iteration to this file")
@@ -202,6 +255,8 @@ class TrainingConfig:
             raise ValueError(f"--min-lr {self.min_lr} exceeds --lr {self.lr}")
         if self.save_interval is not None and self.save is None:
             raise ValueError("--save-interval needs --save DIR")
+        if self.use_checkpoint_args and self.load is None:
+            raise ValueError("--use-checkpoint-args needs --load DIR (the checkpoint to take the model from)")
 
 
 @dataclass
@@ -232,6 +287,10 @@ class Config:
              f"{t.micro_batch_size} x data-parallel size {dp}"),
             (m.num_attention_heads % tp == 0,
              f"--num-attention-heads {m.num_attention_heads} is not divisible by --tensor-model-parallel-size {tp}"),
+            # each TP rank holds whole query groups (QKV rows are laid out per group, DESIGN §7)
+            (m.query_groups % tp == 0,
+             f"--num-query-groups {m.query_groups} is not divisible by --tensor-model-parallel-size {tp}: "
+             "each tensor-parallel rank holds whole query groups"),
             (m.num_layers % pp == 0,
              f"--num-layers {m.num_layers} is not divisible by --pipeline-model-parallel-size {pp}"),
             # fc2's input columns, and each of SwiGLU's two fc1 blocks

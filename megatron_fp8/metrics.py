@@ -51,7 +51,8 @@ class ActivationMeter:
 def model_flops_per_iteration(m: ModelConfig, tokens: int) -> float:
     """Forward + backward FLOPs of the GEMMs and attention for ``tokens`` tokens (3x the forward)."""
     h, f, s = m.hidden_size, m.ffn_hidden_size, m.seq_length
-    per_layer = 2 * (4 * h * h + (3 if m.swiglu else 2) * h * f) + 4 * s * h
+    attn = m.num_attention_heads * m.head_dim  # = h unless --kv-channels; GQA shrinks only the K/V rows
+    per_layer = 2 * (h * (m.qkv_size + attn) + (3 if m.swiglu else 2) * h * f) + 4 * s * attn
     forward = tokens * (m.num_layers * per_layer + 2 * h * m.vocab_size)
     return 3.0 * forward
 

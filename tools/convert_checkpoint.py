@@ -29,8 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only matters with --target-use-distributed-optimizer (optimizer shards per DP rank)")
     p.add_argument("--target-use-distributed-optimizer", action="store_true")
     p.add_argument("--target-fp8-level", choices=FP8_LEVELS, default=None)
-    p.add_argument("--hf-import", metavar="DIR", help="import a Hugging Face GPT-2 or Llama directory")
+    p.add_argument("--hf-import", metavar="DIR", help="import a Hugging Face GPT-2, Llama, Mistral or Qwen2 directory")
     p.add_argument("--hf-export", metavar="DIR", help="export to a Hugging Face directory")
+    p.add_argument("--verify", action="store_true",
+                   help="with --hf-import: before writing, run our model (at off) and transformers on the same random "
+                        "tokens and fail if the logits differ by more than 1e-3")
     return p
 
 
@@ -39,6 +42,8 @@ def convert(args) -> str:
         from megatron_fp8.checkpoint import hf
 
         return hf.run(args)
+    if args.verify:
+        raise SystemExit("convert_checkpoint.py: --verify applies to --hf-import")
     if not args.load or not args.save:
         raise SystemExit("convert_checkpoint.py: --load and --save are required (or --hf-import / --hf-export)")
     if read_tracker(args.save) is not None or iteration_folders(args.save):

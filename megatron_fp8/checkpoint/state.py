@@ -22,7 +22,10 @@ FORMAT = "megatron_fp8/v1"
 MODEL_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size", "vocab_size",
                 "max_position_embeddings", "position_embedding_type", "normalization", "swiglu",
                 "untie_embeddings_and_output_weights", "add_bias_linear", "openai_gelu", "rotary_base",
-                "layernorm_epsilon")
+                "layernorm_epsilon", "add_qkv_bias", "rotary_percent", "use_rope_scaling",
+                "rope_scaling_factor", "apply_layernorm_1p")
+# The attention shape as resolved (--kv-channels and --num-query-groups default from the other fields).
+RESOLVED_FIELDS = {"kv_channels": "head_dim", "num_query_groups": "query_groups"}
 PRECISION_FIELDS = ("fp8_level", "bf16", "main_params_dtype", "exp_avg_dtype", "exp_avg_sq_dtype")
 RECIPE_FIELDS = ("format", "recipe", "amax_history_len")  # Fp8Recipe fields, flags --fp8-<field>
 
@@ -108,14 +111,24 @@ def config_summary(config: Config) -> dict:
             "tokenizer": {k: getattr(data, k, None) for k in TOKENIZER_FIELDS} if data is not None else {}}
 
 
+def model_config_of(model: dict) -> ModelConfig:
+    """The ModelConfig a checkpoint's (or import's) model section describes; fields this version does not
+    know are left out, fields older checkpoints lack take their defaults."""
+    return ModelConfig(**{k: v for k, v in model.items() if k in ModelConfig.__dataclass_fields__})
+
+
 def check_config(saved: dict, config: Config, source: str) -> None:
     """Fail with the first field where the checkpoint and the current flags disagree."""
     current = config_summary(config)
     defaults = {"model": ModelConfig.__dataclass_fields__, "precision": PrecisionConfig.__dataclass_fields__}
-    for section, keys in (("model", MODEL_FIELDS), ("precision", PRECISION_FIELDS)):
+    resolved = {"model": (model_config_of(saved["model"]), config.model)}
+    for section, keys in (("model", MODEL_FIELDS + tuple(RESOLVED_FIELDS)), ("precision", PRECISION_FIELDS)):
         for key in keys:
-            value = current[section][key]
-            old = saved[section].get(key, defaults[section][key].default)  # fields newer than the checkpoint
+            if key in RESOLVED_FIELDS:  # compare what the model computes with, not how it was spelled
+                old, value = (getattr(c, RESOLVED_FIELDS[key]) for c in resolved[section])
+            else:
+                value = current[section][key]
+                old = saved[section].get(key, defaults[section][key].default)  # fields newer than the checkpoint
             if old != value:
                 flag = "--" + key.replace("_", "-")
                 raise ValueError(f"{source}: checkpoint was saved with {flag}={old!r}, "

@@ -51,7 +51,8 @@ class GPTModel(nn.Module):
             self.word_embeddings.weight.shared_embedding = True  # synced with the last stage's copy
         self.rope = None
         if m.position_embedding_type == "rope":
-            cos, sin = rope_tables(m.seq_length, m.head_dim, m.rotary_base, device, config.precision.policy.compute)
+            cos, sin = rope_tables(m.seq_length, m.rotary_dim, m.rotary_base, device, config.precision.policy.compute,
+                                   m.rope_scaling_factor if m.use_rope_scaling else None)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
 
