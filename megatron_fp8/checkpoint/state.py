@@ -23,7 +23,7 @@ MODEL_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_
                 "max_position_embeddings", "position_embedding_type", "normalization", "swiglu",
                 "untie_embeddings_and_output_weights", "add_bias_linear", "openai_gelu", "rotary_base",
                 "layernorm_epsilon")
-PRECISION_FIELDS = ("fp8_level", "bf16", "main_params_dtype", "exp_avg_dtype", "exp_avg_sq_dtype")
+PRECISION_FIELDS = ("fp8_level", "bf16", "fp16", "main_params_dtype", "exp_avg_dtype", "exp_avg_sq_dtype")
 
 
 def model_state(model: torch.nn.Module, pstate: ParallelState, config: Config) -> dict:
@@ -110,6 +110,6 @@ def config_from_summary(summary: dict, fp8_level: str | None = None) -> Config:
     precision = dict(summary["precision"])
     recipe = Fp8Recipe(**precision.pop("recipe"))
     if fp8_level is not None and fp8_level != precision["fp8_level"]:
-        precision = {"fp8_level": fp8_level, "bf16": precision["bf16"]}
+        precision = {"fp8_level": fp8_level, "bf16": precision["bf16"], "fp16": precision.get("fp16", False)}
     return Config(model=ModelConfig(**summary["model"]), parallel=ParallelConfig(**summary["parallel"]),
                   precision=PrecisionConfig(recipe=recipe, **precision))

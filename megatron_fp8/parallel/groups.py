@@ -51,7 +51,7 @@ def init_distributed(config: Config) -> ParallelState:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend, timeout=timedelta(minutes=10))
+        dist.init_process_group(backend, timeout=timedelta(minutes=config.parallel.distributed_timeout_minutes))
     return build_state(config, dist.get_rank(), dist.get_world_size(), dp)
 
 
