@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from megatron_fp8.config import Config, ModelConfig, PrecisionConfig, TrainingCo
 from megatron_fp8.optim.loss_scaler import ConstantLossScaler, DynamicLossScaler
 from megatron_fp8.training import Trainer
 
+from ..helpers import run_steps
 from .test_schedule import TINY
 
 
@@ -178,3 +180,22 @@ def test_fp16_overflow_backs_off_the_scale_and_skips_the_step(tmp_path, dataset)
     resumed = Trainer(fp16_config("O2", bias=False, initial_loss_scale=2.0 ** 12, loss_scale_window=3))
     assert resumed.load(str(tmp_path)) and resumed.loss_scaler.state_dict() == trainer.loss_scaler.state_dict()
     assert resumed.train_iteration(dataset).loss == trainer.train_iteration(dataset).loss
+
+
+def test_fp16_checkpoint_goes_through_the_converter(tmp_path, dataset):
+    """tools/convert_checkpoint.py writes plain FP16 parameters (no scale) and their FP32 masters back."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
+    import convert_checkpoint
+
+    def make():
+        return Trainer(fp16_config("off", initial_loss_scale=2.0 ** 10))
+
+    trainer = make()
+    run_steps(trainer, dataset, 2)
+    trainer.save(str(tmp_path / "a"))
+    continued = run_steps(trainer, dataset, 2)
+    convert_checkpoint.main(["--load", str(tmp_path / "a"), "--save", str(tmp_path / "b"),
+                             "--target-tensor-parallel-size", "1", "--target-pipeline-parallel-size", "1"])
+    converted = make()
+    assert converted.load(str(tmp_path / "b")) and converted.loss_scaler.scale == trainer.loss_scaler.scale
+    assert run_steps(converted, dataset, 2) == continued
