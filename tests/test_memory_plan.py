@@ -33,6 +33,7 @@ CASES = {
     "gemm blockwise wide": ("gemm", 1, 1, False, False, dict(hidden_size=128, num_attention_heads=2,
                                                              recipe="blockwise")),
     "O1 current no-bias": ("O1", 1, 1, False, False, dict(add_bias_linear=False, recipe="current")),
+    "off fp16": ("off", 1, 1, False, False, dict(fp16=True, loss_scale=1024.0)),  # plain FP16 + FP32 masters
 }
 DIST_CASES = {
     "TP2xDP2+SP O2 distopt dropout": ("O2", 2, 1, True, True, dict(hidden_dropout=0.1, attention_dropout=0.1)),
@@ -46,6 +47,8 @@ def make_config(level, tp, pp, sp, distopt, changes, world: int = 1) -> Config:
     cfg = tiny_config(level, tp, pp, sp, micro_batch_size=2, global_batch_size=2 * dp * (4 if pp > 1 else 1))
     changes = dict(changes)
     cfg.precision.bf16 = changes.pop("bf16", False)
+    cfg.precision.fp16 = changes.pop("fp16", False)
+    cfg.precision.loss_scale = changes.pop("loss_scale", None)
     cfg.precision.recipe.recipe = changes.pop("recipe", "delayed")
     for key, value in changes.items():
         setattr(cfg.model, key, value)
