@@ -26,7 +26,7 @@ def gpt3_175b(ckpt: str, tensorboard: str, vocab: str, merges: str, data_prefix:
         ["--step-batch-size-schedule", "0:1 0.032K:2 0.064K:3 0.096K:4"]  # tokens; samples 0, 2, 4, 6 at seq 16
     return [
         # GPT_MODEL_ARGS
-        "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "2", "--seq-length", "16",
+        "--num-layers", "1", "--hidden-size", "32", "--num-attention-heads", "2", "--seq-length", "16",
         "--max-position-embeddings", "16", "--attention-backend", "auto",
         # TRAINING_ARGS
         "--micro-batch-size", "1", "--global-batch-size", "4", *batch_schedule, "--train-iters", "18",

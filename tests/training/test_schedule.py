@@ -167,6 +167,9 @@ def test_resume_is_bit_identical_across_a_batch_size_change(tmp_path, dataset, s
     reference = [straight.train_iteration(dataset) for _ in range(6)]
     sizes = [r.global_batch_size for r in reference]
     assert sizes[0] == 4 and sizes[-1] == 8 and sizes == sorted(sizes)
+    # each iteration's lr is the schedule at the samples it brings the count to (warm-up 5 x 8 samples)
+    assert [r.lr for r in reference] == [straight.scheduler.lr(sum(sizes[:k + 1])) for k in range(6)]
+    assert reference[0].lr == pytest.approx(3e-3 * 4 / 40)
     first = make()
     for _ in range(3):
         first.train_iteration(dataset)
