@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from .checkpoint.checkpoint_args import apply_checkpoint_args
-from .compat import add_compat_args, compat_notes
+from .compat import add_compat_args, adjust_args, compat_notes
 from .config import Config, ModelConfig, ParallelConfig, PrecisionConfig, TrainingConfig
 from .data.arguments import add_data_args, data_config_from_args
 from .flagspec import add_flags, from_args
@@ -30,12 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     """The validated Config of parsed flags; a bad value raises ValueError naming the flag."""
+    adjusted = adjust_args(args)
     model = ModelConfig(**from_args(ModelConfig, args))
     precision = PrecisionConfig(recipe=Fp8Recipe(**from_args(Fp8Recipe, args)), **from_args(PrecisionConfig, args))
     return Config(model=model, parallel=ParallelConfig(**from_args(ParallelConfig, args)), precision=precision,
                   training=TrainingConfig(**from_args(TrainingConfig, args)),
                   data=data_config_from_args(args, seq_length=model.seq_length, seed=args.seed),
-                  startup_notes=compat_notes(args))
+                  startup_notes=compat_notes(args) + adjusted)
 
 
 def parse_config(argv=None) -> Config:

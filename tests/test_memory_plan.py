@@ -42,6 +42,7 @@ CASES = {
     # multi-query attention on the CPU math path (dropout): K/V repeated per head, v a float32 copy
     "off mqa dropout layernorm-1p": ("off", 1, 1, False, False, dict(
         group_query_attention=True, num_query_groups=1, attention_dropout=0.1, apply_layernorm_1p=True)),
+    "off fp16": ("off", 1, 1, False, False, dict(fp16=True, loss_scale=1024.0)),  # plain FP16 + FP32 masters
 }
 DIST_CASES = {
     "TP2xDP2+SP O2 distopt dropout": ("O2", 2, 1, True, True, dict(hidden_dropout=0.1, attention_dropout=0.1)),
@@ -58,6 +59,8 @@ def make_config(level, tp, pp, sp, distopt, changes, world: int = 1) -> Config:
     cfg = tiny_config(level, tp, pp, sp, micro_batch_size=2, global_batch_size=2 * dp * (4 if pp > 1 else 1))
     changes = dict(changes)
     cfg.precision.bf16 = changes.pop("bf16", False)
+    cfg.precision.fp16 = changes.pop("fp16", False)
+    cfg.precision.loss_scale = changes.pop("loss_scale", None)
     cfg.precision.recipe.recipe = changes.pop("recipe", "delayed")
     for key, value in changes.items():
         setattr(cfg.model, key, value)

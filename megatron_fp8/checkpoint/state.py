@@ -26,7 +26,7 @@ MODEL_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_
                 "rope_scaling_factor", "apply_layernorm_1p")
 # The attention shape as resolved (--kv-channels and --num-query-groups default from the other fields).
 RESOLVED_FIELDS = {"kv_channels": "head_dim", "num_query_groups": "query_groups"}
-PRECISION_FIELDS = ("fp8_level", "bf16", "main_params_dtype", "exp_avg_dtype", "exp_avg_sq_dtype")
+PRECISION_FIELDS = ("fp8_level", "bf16", "fp16", "main_params_dtype", "exp_avg_dtype", "exp_avg_sq_dtype")
 RECIPE_FIELDS = ("format", "recipe", "amax_history_len")  # Fp8Recipe fields, flags --fp8-<field>
 
 
@@ -148,6 +148,6 @@ def config_from_summary(summary: dict, fp8_level: str | None = None) -> Config:
     precision = dict(summary["precision"])
     recipe = Fp8Recipe(**precision.pop("recipe"))
     if fp8_level is not None and fp8_level != precision["fp8_level"]:
-        precision = {"fp8_level": fp8_level, "bf16": precision["bf16"]}
+        precision = {"fp8_level": fp8_level, "bf16": precision["bf16"], "fp16": precision.get("fp16", False)}
     return Config(model=ModelConfig(**summary["model"]), parallel=ParallelConfig(**summary["parallel"]),
                   precision=PrecisionConfig(recipe=recipe, **precision))

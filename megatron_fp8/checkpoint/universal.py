@@ -11,7 +11,6 @@ import os
 import torch
 
 from ..config import Config
-from ..fp8.formats import is_scaled
 from ..fp8.reference import load as load_stored
 from ..fp8.tensor import Fp8Tensor
 from ..fsutil import remove_quietly
@@ -86,9 +85,10 @@ def _stage(layout: dict, pp_rank: int) -> ParallelState:
 
 
 def _assign(param: torch.nn.Parameter, values: torch.Tensor) -> None:
-    """Store real ``values`` into a parameter in its own storage dtype (fresh scale when scaled)."""
+    """Store real ``values`` into a parameter in its own storage dtype (fresh scale when it has one; plain
+    FP16 compute-dtype storage under --fp16 has none)."""
     with torch.no_grad():
-        if is_scaled(param.dtype):
+        if getattr(param, "scale_inv", None) is not None:
             q = Fp8Tensor.quantize_current(values, param.dtype)
             param.copy_(q.data)
             param.scale_inv.copy_(q.scale_inv)

@@ -49,6 +49,9 @@ class GPTModel(nn.Module):
             self.output_weight.shared_embedding = self.tied
         if self.pre_process and self.tied and pstate.pp_size > 1:
             self.word_embeddings.weight.shared_embedding = True  # synced with the last stage's copy
+        for holder, attr in ((self, "output_weight"), (getattr(self, "word_embeddings", None), "weight")):
+            if hasattr(holder, attr):  # they take --decoupled-lr (Megatron's marker)
+                getattr(holder, attr).is_embedding_or_output_parameter = True
         self.rope = None
         if m.position_embedding_type == "rope":
             cos, sin = rope_tables(m.seq_length, m.rotary_dim, m.rotary_base, device, config.precision.policy.compute,

@@ -1,7 +1,8 @@
 """Forward and backward over the micro-batches of one global batch: no pipelining, or 1F1B.
 
 Each micro-batch's loss is the mean over its unmasked tokens; gradients are scaled by 1/num_micro so
-the accumulated gradient is that of the mean loss over the global batch (Megatron's convention).
+the accumulated gradient is that of the mean loss over the global batch (Megatron's convention), and by
+``loss_scale`` (FP16 loss scaling; the optimizer divides it out again).
 Losses are returned only where they exist: on the last pipeline stage.
 """
 
@@ -25,27 +26,29 @@ def _forward(model, mb: dict, input_tensor, meter):
     return out
 
 
-def _backward(input_tensor, output, output_grad, num_micro: int):
+def _backward(input_tensor, output, output_grad, num_micro: int, loss_scale: float = 1.0):
     if output_grad is None:  # last stage: output is the loss
-        (output / num_micro).backward()
+        loss = output / num_micro
+        (loss * loss_scale if loss_scale != 1.0 else loss).backward()
     else:
         torch.autograd.backward(output, grad_tensors=output_grad)
     return input_tensor.grad if input_tensor is not None else None
 
 
-def forward_backward_no_pipelining(model, micro_batches: list[dict], meter=None, forward_only: bool = False):
+def forward_backward_no_pipelining(model, micro_batches: list[dict], meter=None, forward_only: bool = False,
+                                   loss_scale: float = 1.0):
     """Run every micro-batch through ``model`` (and backward unless ``forward_only``); returns the losses."""
     losses = []
     for mb in micro_batches:
         loss = _forward(model, mb, None, meter)
         if not forward_only:
-            _backward(None, loss, None, len(micro_batches))
+            _backward(None, loss, None, len(micro_batches), loss_scale)
         losses.append(loss.detach())
     return losses
 
 
 def forward_backward_1f1b(model, micro_batches: list[dict], pstate, activation_shape, dtype, device,
-                          meter=None, forward_only: bool = False):
+                          meter=None, forward_only: bool = False, loss_scale: float = 1.0):
     """Non-interleaved 1F1B: ``pp - rank - 1`` warm-up forwards, then one forward and one backward in turn,
     then the remaining backwards. Keeps at most ``pp`` micro-batches of activations alive per stage."""
     link = StageLink(pstate, activation_shape, dtype, device)
@@ -63,7 +66,7 @@ def forward_backward_1f1b(model, micro_batches: list[dict], pstate, activation_s
 
     def backward(grad):
         x, y = inputs.pop(0), outputs.pop(0)
-        return _backward(x, y, grad, n)
+        return _backward(x, y, grad, n, loss_scale)
 
     for i in range(warmup):
         x = link.recv_forward()
