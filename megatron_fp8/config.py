@@ -183,6 +183,13 @@ class TrainingConfig:
     log_json: str | None = flag(None, "write one JSON object per logged iteration to this file")
     tensorboard_dir: str | None = flag(None, "TensorBoard event directory")
     exit_interval: int | None = flag(None, "stop after an iteration divisible by this", bounds=POSITIVE)
+    # fine-tuning and what a checkpoint carries (Megatron's names; docs in megatron_fp8/finetune.py)
+    finetune: bool = flag(False, "load the weights of --load only: iteration, optimizer, scheduler, RNG and data "
+                                 "position start fresh; a different --fp8-level or layout converts on load")
+    no_load_optim: bool = flag(False, "do not load the optimizer state from --load")
+    no_load_rng: bool = flag(False, "do not load the RNG state from --load")
+    no_save_optim: bool = flag(False, "write checkpoints without optimizer state")
+    no_save_rng: bool = flag(False, "write checkpoints without RNG state")
 
     def __post_init__(self):
         check_fields(self)
@@ -196,6 +203,8 @@ class TrainingConfig:
             raise ValueError(f"--min-lr {self.min_lr} exceeds --lr {self.lr}")
         if self.save_interval is not None and self.save is None:
             raise ValueError("--save-interval needs --save DIR")
+        if self.finetune and self.load is None:
+            raise ValueError("--finetune needs --load DIR (the checkpoint whose weights to fine-tune)")
 
 
 @dataclass
