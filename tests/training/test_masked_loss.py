@@ -51,10 +51,9 @@ def test_loss_and_gradient_are_the_global_masked_mean():
     counts = [float(mb["loss_mask"].sum()) for mb in mbs]
     assert len(set(counts)) > 1  # per-micro-batch means would weight tokens differently
 
-    reference = Trainer(config)  # same seed: same weights
+    reference = Trainer(config)  # same seed: same weights; gradients land in main_grad as in training
     reference.model.train()
-    for p in reference.params:
-        p.grad = None
+    reference.grads.zero(len(mbs))
     total, tokens = 0.0, 0.0
     for mb in mbs:
         logits = reference.model(mb["tokens"], mb["position_ids"], None, mb["document_ids"])[..., :VOCAB]
@@ -62,7 +61,10 @@ def test_loss_and_gradient_are_the_global_masked_mean():
         total = total + (token_loss * mb["loss_mask"].reshape(-1)).sum()
         tokens += float(mb["loss_mask"].sum())
     (total / tokens).backward()
-    want = {name: p.grad for name, p in reference.model.named_parameters()}
+    reference.grads.reduce()
+    finalize_model_grads(reference.params, reference.pstate)
+    want = {name: p.main_grad.float() for name, p in reference.model.named_parameters()}
+    total = float(total)
 
     sums, grads = _grads(trainer, mbs)
     assert trainer._global_loss(sums, trainer.loss_tokens(mbs)) == pytest.approx(float(total / tokens), rel=1e-6)
