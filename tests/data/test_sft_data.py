@@ -173,3 +173,16 @@ def test_pretraining_ltor_masks_follow_megatron():
     plain = ltor_sample(text, eod, False, False, False)
     assert "document_ids" not in plain and plain["position_ids"].tolist() == list(range(8))
     assert plain["loss_mask"].tolist() == [1.0] * 8
+
+
+def test_megatron_document_flags_wrap_pretraining_data(tmp_path):
+    from megatron_fp8.data.tokenizer import NullTokenizer
+
+    cfg = DataConfig(mock_data=True, seq_length=16, reset_attention_mask=True, reset_position_ids=True,
+                     data_cache_path=str(tmp_path))
+    train, _, _ = build_train_valid_test_datasets(cfg, NullTokenizer(cfg.vocab_size), 4, 0, 0)
+    sample = train[0]
+    assert set(sample) == {"tokens", "labels", "loss_mask", "position_ids", "document_ids"}
+    plain, _, _ = build_train_valid_test_datasets(DataConfig(mock_data=True, seq_length=16), NullTokenizer(8192),
+                                                  4, 0, 0)
+    assert set(plain[0]) == {"text"} and np.array_equal(plain[0]["text"][:-1], sample["tokens"])

@@ -121,3 +121,15 @@ def test_no_save_and_no_load_flags(tmp_path):
         load_checkpoint(trainer, with_rng)
         # --no-load-rng leaves this process's RNG alone; a plain resume restores the saved one
         assert torch.equal(torch.get_rng_state(), state) == no_load_rng
+
+
+def test_flags_parse_with_megatron_names(tmp_path):
+    from megatron_fp8.arguments import parse_config
+
+    config = parse_config(["--finetune", "--load", str(tmp_path), "--no-load-optim", "--no-load-rng",
+                           "--no-save-optim", "--no-save-rng", "--calculate-per-token-loss", "--mock-data"])
+    t = config.training
+    assert t.finetune and t.no_load_optim and t.no_load_rng and t.no_save_optim and t.no_save_rng
+    assert any(note.startswith("--calculate-per-token-loss: accepted") for note in config.startup_notes)
+    with pytest.raises(SystemExit):
+        parse_config(["--finetune", "--mock-data"])  # --finetune needs --load
