@@ -199,8 +199,15 @@ class SFTTokenizer(Tokenizer):
     def tokenize_conversation(self, messages: list[dict], where: str = "conversation") -> tuple[np.ndarray, np.ndarray]:
         """``(tokens int32, is_target bool)``: the rendered conversation ending with the eos token, and which
         tokens are the assistant's (the training targets)."""
-        text = self.render(messages)
-        ids, marks = self._encode_marked(text, self._assistant_spans(messages, text, where))
+        try:
+            text = self.render(messages)
+            spans = self._assistant_spans(messages, text, where)
+        except DataFormatError:
+            raise
+        except Exception as err:  # noqa: BLE001 - templates raise their own errors (e.g. roles must alternate)
+            raise DataFormatError(f"{where}: the chat template of {self.path} rejects this conversation: "
+                                  f"{err}") from None
+        ids, marks = self._encode_marked(text, spans)
         if not ids or ids[-1] != self.eod:  # as Megatron-LM: every conversation ends with the eos token
             ids.append(self.eod)
             marks.append(messages[-1]["role"] == "assistant")

@@ -186,3 +186,16 @@ def test_megatron_document_flags_wrap_pretraining_data(tmp_path):
     plain, _, _ = build_train_valid_test_datasets(DataConfig(mock_data=True, seq_length=16), NullTokenizer(8192),
                                                   4, 0, 0)
     assert set(plain[0]) == {"text"} and np.array_equal(plain[0]["text"][:-1], sample["tokens"])
+
+
+def test_a_template_that_rejects_a_conversation_names_the_line(tmp_path):
+    tok = tokenizer(CHAT_SPECIALS, "</s>", "<s>")
+    tok.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system "
+                         "role') }}{% endif %}{{ m['content'] + eos_token }}{% endfor %}")
+    tok.save_pretrained(tmp_path / "strict")
+    sft = SFTTokenizer(str(tmp_path / "strict"))
+    path = _jsonl(tmp_path / "c.jsonl", [_chat("q", "a"), _chat("q", "a", system="s")])
+    low = list(read_jsonl(path))
+    sft.tokenize_conversation(low[0][1], f"{path}:1")
+    with pytest.raises(DataFormatError, match=r"c.jsonl:2: the chat template of .*strict rejects .*no system role"):
+        sft.tokenize_conversation(low[1][1], f"{path}:2")
