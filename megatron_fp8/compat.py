@@ -50,7 +50,11 @@ ACCEPTED = [CompatFlag(*row) for row in (
     ("--no-manual-gc-eval", "Python's garbage collector is left to run as usual"),
     ("--empty-unused-memory-level", "the CUDA caching allocator is not emptied between steps", int),
     ("--no-mmap-bin-files", ".bin files are always memory-mapped read-only"),
-    ("--no-create-attention-mask-in-dataloader", "no attention mask is materialised (causal attention)"),
+    ("--no-create-attention-mask-in-dataloader", "the data loader never builds attention masks; the model builds "
+                                                 "one only for packed samples (--sft, --reset-attention-mask)"),
+    ("--calculate-per-token-loss", "the loss is always the masked token mean over the global batch (token losses "
+                                   "summed over micro-batches and data-parallel ranks / their unmasked tokens), "
+                                   "which is what this flag selects in Megatron-LM"),
     ("--log-throughput", "tokens/s and TFLOP/s per GPU are always in the log line"),
     ("--log-timers-to-tensorboard", "step time is always logged"),
     ("--log-validation-ppl-to-tensorboard", "validation loss and perplexity are always logged"),

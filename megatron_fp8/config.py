@@ -278,6 +278,13 @@ class TrainingConfig:
     exit_duration_in_mins: float | None = flag(None, "save and stop once the run has lasted this long",
                                                bounds=POSITIVE)
     exit_signal_handler: bool = flag(False, "on SIGTERM, save a checkpoint and exit cleanly (all ranks agree)")
+    # fine-tuning and what a checkpoint carries (Megatron's names; docs in megatron_fp8/finetune.py)
+    finetune: bool = flag(False, "load the weights of --load only: iteration, optimizer, scheduler, RNG and data "
+                                 "position start fresh; a different --fp8-level or layout converts on load")
+    no_load_optim: bool = flag(False, "do not load the optimizer state from --load")
+    no_load_rng: bool = flag(False, "do not load the RNG state from --load")
+    no_save_optim: bool = flag(False, "write checkpoints without optimizer state")
+    no_save_rng: bool = flag(False, "write checkpoints without RNG state")
 
     def __post_init__(self):
         check_fields(self)
@@ -297,6 +304,8 @@ class TrainingConfig:
             raise ValueError("--save-interval needs --save DIR")
         if self.use_checkpoint_args and self.load is None:
             raise ValueError("--use-checkpoint-args needs --load DIR (the checkpoint to take the model from)")
+        if self.finetune and self.load is None:
+            raise ValueError("--finetune needs --load DIR (the checkpoint whose weights to fine-tune)")
 
     def _resolve_batch(self) -> None:
         if self.rampup_batch_size is not None and self.step_batch_size_schedule is not None:

@@ -22,6 +22,7 @@ from .config import Config
 from .data import build_tokenizer, build_train_valid_test_datasets, resolve_default_corpus
 from .divergence import DivergenceGuard
 from .exit_conditions import ExitConditions
+from .finetune import load_checkpoint
 from .layers.embedding import padded_vocab_size
 from .metrics import ActivationMeter, MetricsLogger, model_flops_per_iteration, weight_bytes
 from .model import GPTModel
@@ -80,45 +81,65 @@ class Trainer:
         set_seed(stage_seed(config.training.seed, self.pstate))  # weights are seeded by name, not by this
         self.model = GPTModel(config, self.pstate, self.device)
         self.params = [p for p in self.model.parameters()]
-        par, t, margin = config.parallel, config.training, config.precision.recipe.margin
+        par, margin = config.parallel, config.precision.recipe.margin
         self.distributed_optimizer = par.use_distributed_optimizer and self.pstate.dp_size > 1
         self.owners = owners = assign_param_owners(self.params, self.pstate.dp_size)
         self.grads = GradBuffers(self.params, self.policy, margin, self.pstate, owners,
                                  gather=not self.distributed_optimizer, bucket_elems=par.ddp_bucket_size,
                                  overlap=par.overlap_grad_reduce)
-        settings = AdamWSettings(t.adam_beta1, t.adam_beta2, t.adam_eps, t.weight_decay, margin)
-        named = list(self.model.named_parameters())
-        self.optimizer = DistributedOptimizer(named, self.policy, settings, owners, self.pstate) \
-            if self.distributed_optimizer else Fp8AdamW(named, self.policy, settings)
+        self.build_optimizer()
         self.plan = training_plan(config)  # batch-size schedule, iterations, lr lengths in samples
-        self.scheduler, self.decoupled_scheduler = schedulers(t, self.plan)
+        self.scheduler, self.decoupled_scheduler = schedulers(config.training, self.plan)
         self.loss_scaler = make_loss_scaler(config.precision)  # None: no loss scaling
         self.progress = Progress()
         self.activations = ActivationMeter()
         self._writer: CheckpointWriter | None = None
 
+    def build_optimizer(self) -> None:
+        """A fresh optimizer whose master copies (where the level keeps them) start from the current weights."""
+        t, margin = self.config.training, self.config.precision.recipe.margin
+        settings = AdamWSettings(t.adam_beta1, t.adam_beta2, t.adam_eps, t.weight_decay, margin)
+        named = list(self.model.named_parameters())
+        self.optimizer = DistributedOptimizer(named, self.policy, settings, self.owners, self.pstate) \
+            if self.distributed_optimizer else Fp8AdamW(named, self.policy, settings)
+
     # ---- one iteration ----------------------------------------------------------------------------
+    def loss_tokens(self, micro_batches: list[dict]) -> float:
+        """Unmasked tokens in the global batch: this rank's micro-batches summed over the data-parallel ranks
+        (TP ranks and pipeline stages hold the same micro-batches, so they agree without communicating)."""
+        count = torch.stack([mb["loss_mask"].sum(dtype=torch.float64) for mb in micro_batches]).sum().reshape(1)
+        if self.pstate.dp_size > 1:
+            comm.all_reduce(count, self.pstate.dp_group, "other")
+        return float(count)
+
     def forward_backward(self, micro_batches: list[dict], forward_only: bool = False,
-                         loss_scale: float = 1.0) -> list[torch.Tensor]:
+                         loss_tokens: float | None = None, loss_scale: float = 1.0) -> list[torch.Tensor]:
+        """Masked loss sums per micro-batch (last stage); the backward pass (unless ``forward_only``) yields
+        the gradient of the masked token mean over the global batch of ``loss_tokens`` unmasked tokens,
+        times ``loss_scale`` (FP16 loss scaling; the optimizer divides it out again)."""
         ps = self.pstate
         meter = None if forward_only else self.activations
+        scale = 0.0
+        if not forward_only:
+            tokens = self.loss_tokens(micro_batches) if loss_tokens is None else loss_tokens
+            scale = loss_scale * ps.dp_size / max(tokens, 1.0)  # the data-parallel reduction averages: undo its 1/dp
         if ps.pp_size == 1:
-            return forward_backward_no_pipelining(self.model, micro_batches, meter, forward_only, loss_scale)
+            return forward_backward_no_pipelining(self.model, micro_batches, meter, forward_only, scale)
         m = self.config.model
         seq = m.seq_length // (ps.tp_size if self.config.parallel.sequence_parallel else 1)
         shape = (seq, micro_batches[0]["tokens"].shape[0], m.hidden_size)
         return forward_backward_1f1b(self.model, micro_batches, ps, shape, self.policy.compute, self.device,
-                                     meter, forward_only, loss_scale)
+                                     meter, forward_only, scale)
 
-    def _mean_loss(self, losses: list[torch.Tensor]) -> float:
-        """Mean loss over micro-batches and data-parallel replicas (NaN where no loss exists: not last stage)."""
-        if not losses:
+    def _global_loss(self, sums: list[torch.Tensor], tokens: float) -> float:
+        """Masked token mean over micro-batches and data-parallel ranks (NaN where no loss exists: not the
+        last stage)."""
+        if not sums:
             return float("nan")
-        mean = torch.stack(losses).mean().reshape(1)
+        total = torch.stack(sums).sum().reshape(1).double()
         if self.pstate.dp_size > 1:
-            comm.all_reduce(mean, self.pstate.dp_group, "other")
-            mean /= self.pstate.dp_size
-        return float(mean)
+            comm.all_reduce(total, self.pstate.dp_group, "other")
+        return float(total) / max(tokens, 1.0)
 
     def _counted_in_norm(self, p) -> bool:
         """Each parameter counts once: TP/PP replicas excluded, and under the distributed optimizer only
@@ -143,7 +164,8 @@ class Trainer:
         self.model.train()
         self.grads.zero(len(micro_batches))
         scale = self.loss_scaler.scale if self.loss_scaler is not None else 1.0
-        losses = self.forward_backward(micro_batches, loss_scale=scale)
+        tokens = self.loss_tokens(micro_batches)
+        losses = self.forward_backward(micro_batches, loss_tokens=tokens, loss_scale=scale)
         self.grads.reduce()
         finalize_model_grads(self.params, self.pstate)
         norm_t, bad_t = grad_norm_and_overflow(self.params, counted=self._counted_in_norm,
@@ -157,7 +179,7 @@ class Trainer:
             self.progress.nan_iterations += int(math.isnan(norm) and self.loss_scaler is None)
         else:
             self.optimizer.step(lr, clip_coefficient(norm, self.config.training.clip_grad) / scale, decoupled_lr)
-        return StepResult(self._mean_loss(losses), norm, bad, lr)
+        return StepResult(self._global_loss(losses, tokens), norm, bad, lr)
 
     def train_iteration(self, dataset) -> StepResult:
         """The next iteration on ``dataset``: its global batch (by consumed samples), learning rate, step
@@ -179,12 +201,13 @@ class Trainer:
     def evaluate(self, dataset, iters: int) -> float:
         self.model.eval()
         t = self.config.training
-        losses = []
+        losses, tokens = [], 0.0
         for k in range(iters):
             mbs = batches.global_batch(dataset, k * t.global_batch_size, t.global_batch_size, t.micro_batch_size,
                                        self.pstate.dp_rank, self.pstate.dp_size, self.device)
             losses += self.forward_backward(mbs, forward_only=True)
-        return self._mean_loss(losses)
+            tokens += self.loss_tokens(mbs)
+        return self._global_loss(losses, tokens)
 
     # ---- accounting and state ---------------------------------------------------------------------
     def memory(self) -> dict:
@@ -195,11 +218,11 @@ class Trainer:
 
     def checkpoint_shards(self) -> dict:
         """The files this rank contributes to a checkpoint (see checkpoint.distributed)."""
-        ps = self.pstate
-        shards = {rng_file(ps.rank): rng_state(ps)}
+        ps, t = self.pstate, self.config.training
+        shards = {} if t.no_save_rng else {rng_file(ps.rank): rng_state(ps)}
         if ps.dp_rank == 0:
             shards[model_file(ps.tp_rank, ps.pp_rank)] = model_state(self.model, ps, self.config)
-        if ps.dp_rank == 0 or self.distributed_optimizer:
+        if not t.no_save_optim and (ps.dp_rank == 0 or self.distributed_optimizer):
             dp = ps.dp_rank if self.distributed_optimizer else 0
             shards[optim_file(ps.tp_rank, ps.pp_rank, dp)] = self.optimizer.state_dict()
         return shards
@@ -221,14 +244,18 @@ class Trainer:
         if self._writer is not None:
             self._writer.wait()
 
-    def load(self, root: str) -> bool:
-        """Resume from the newest checkpoint under ``root``; False when there is none yet."""
-        loaded = load_rank_files(root, self.config, self.pstate, self.distributed_optimizer)
+    def load(self, root: str, load_optim: bool = True, load_rng: bool = True) -> bool:
+        """Resume from the newest checkpoint under ``root``; False when there is none yet. Without
+        ``load_optim`` the optimizer starts afresh from the loaded weights (--no-load-optim)."""
+        loaded = load_rank_files(root, self.config, self.pstate, self.distributed_optimizer, load_optim, load_rng)
         if loaded is None:
             return False
         model, optim, metadata = loaded
         load_model_state(self.model, model, root)
-        self.optimizer.load_state_dict(optim)
+        if optim is not None:
+            self.optimizer.load_state_dict(optim)
+        else:
+            self.build_optimizer()
         saved = metadata["progress"]
         progress = {k: v for k, v in saved.items() if k not in ("scheduler", "loss_scaler")}
         progress.setdefault("scheduler_samples", progress["consumed_samples"])  # checkpoints before it existed
@@ -253,7 +280,7 @@ def build_data(config: Config, pstate: ParallelState, printer=print):
     evals = (plan.train_iters // t.eval_interval + 1) * t.eval_iters * t.global_batch_size
     datasets = build_train_valid_test_datasets(data_cfg, tokenizer, plan.train_samples, evals,
                                                t.eval_iters * t.global_batch_size, rank=pstate.rank,
-                                               barrier=barrier)
+                                               barrier=barrier, log=printer)
     return tokenizer, datasets
 
 
@@ -312,7 +339,7 @@ def _pretrain(config: Config, pstate: ParallelState, loads: bool, printer, start
         _, (train_ds, valid_ds, test_ds) = build_data(config, pstate, printer)
         trainer = Trainer(config, pstate)
         last_saved = None
-        if loads and trainer.load(t.load):
+        if loads and load_checkpoint(trainer, t.load, printer) and not t.finetune:
             last_saved = iteration_dir(t.load, trainer.progress.iteration)
             printer(f" > loaded checkpoint from {t.load} at iteration {trainer.progress.iteration}")
         train_iters = trainer.plan.train_iters

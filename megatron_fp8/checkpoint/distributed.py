@@ -241,8 +241,10 @@ def check_layout(metadata: dict, config: Config, pstate: ParallelState, source: 
             f"{here['distributed_optimizer']}). Convert it first: {converter_command(root, metadata, config, here)}")
 
 
-def load_rank_files(root: str, config: Config, pstate: ParallelState, sharded_optimizer: bool):
-    """This rank's (model shard, optimizer state, metadata) from the newest checkpoint, RNG restored."""
+def load_rank_files(root: str, config: Config, pstate: ParallelState, sharded_optimizer: bool,
+                    load_optim: bool = True, load_rng: bool = True):
+    """This rank's (model shard, optimizer state or None, metadata) from the newest checkpoint, RNG restored
+    unless ``load_rng`` is False (--no-load-rng); no optimizer state without ``load_optim``."""
     found = read_metadata(root)
     if found is None:
         return None
@@ -252,8 +254,14 @@ def load_rank_files(root: str, config: Config, pstate: ParallelState, sharded_op
     check_config(metadata["config"], config, source)
     ps = pstate
     model = read_file(directory, metadata, model_file(ps.tp_rank, ps.pp_rank))
-    optim = read_file(directory, metadata, optim_file(ps.tp_rank, ps.pp_rank, ps.dp_rank if sharded_optimizer else 0))
+    optim = None
+    if load_optim:
+        name = optim_file(ps.tp_rank, ps.pp_rank, ps.dp_rank if sharded_optimizer else 0)
+        if name not in metadata["files"] and not any(f.startswith("optim_") for f in metadata["files"]):
+            raise ValueError(f"{directory}: no optimizer state (saved with --no-save-optim); load it with "
+                             "--no-load-optim, or --finetune")
+        optim = read_file(directory, metadata, name)
     rng_name = rng_file(ps.rank)
-    if rng_name in metadata["files"]:
+    if load_rng and rng_name in metadata["files"]:
         set_rng_state(read_file(directory, metadata, rng_name), ps)
     return model, optim, metadata

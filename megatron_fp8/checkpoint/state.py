@@ -98,7 +98,8 @@ def set_rng_state(state: dict, pstate: ParallelState) -> None:
             pstate.rng.state = state["tp_tracker"]
 
 
-TOKENIZER_FIELDS = ("tokenizer_type", "tokenizer_model", "vocab_file", "merge_file", "vocab_size")
+TOKENIZER_FIELDS = ("tokenizer_type", "tokenizer_model", "vocab_file", "merge_file", "vocab_size",
+                    "sft_tokenizer_prompt_format")
 
 
 def config_summary(config: Config) -> dict:

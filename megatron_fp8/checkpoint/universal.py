@@ -50,6 +50,8 @@ def read_universal(root: str) -> dict:
             model = read_file(directory, metadata, model_file(tp_rank, pp_rank))
             optim_params = {}
             for dp_rank in range(layout["dp"] if sharded_opt else 1):
+                if optim_file(tp_rank, pp_rank, dp_rank) not in metadata["files"]:
+                    continue  # saved with --no-save-optim: the weights alone
                 optim = read_file(directory, metadata, optim_file(tp_rank, pp_rank, dp_rank))
                 optim_params.update(optim["params"])
                 step = optim["step"]
@@ -167,19 +169,7 @@ def _write_shards(universal, config, tp, pp, dp, distributed_optimizer, staged) 
             pstate = ParallelState(tp_size=tp, tp_rank=tp_rank, pp_size=pp, pp_rank=pp_rank, dp_size=dp)
             model = GPTModel(config, pstate)
             named = list(model.named_parameters())
-            for local, p in named:
-                name = global_name(local, pstate, m.num_layers, tied) or "embedding.word_embeddings.weight"
-                # the master copy, where the source kept one, is more precise than the model weight
-                full = _full_value(universal, name, m.vocab_size, "master")
-                full = full if full is not None else _full_value(universal, name, m.vocab_size)
-                _assign(p, shard(full, getattr(p, "partition_dim", None), tp_rank, tp, getattr(p, "tp_stacked", 1)))
-            for module, mod in model.named_modules():
-                saved = universal["fp8"].get(_global_module(module, pstate, m.num_layers))
-                if getattr(mod, "fp8_state", None) is not None and saved is not None:
-                    try:
-                        mod.fp8_state.load_state_dict(saved)
-                    except ValueError:  # another --fp8-amax-history-len: start the history afresh
-                        pass
+            assign_model(model, universal, config, pstate)
             files[model_file(tp_rank, pp_rank)] = _write(os.path.join(staged, model_file(tp_rank, pp_rank)),
                                                          model_state(model, pstate, config))
             owners = assign_param_owners([p for _, p in named], dp if distributed_optimizer else 1)
@@ -189,6 +179,43 @@ def _write_shards(universal, config, tp, pp, dp, distributed_optimizer, staged) 
                 files[optim_file(tp_rank, pp_rank, dp_rank)] = _write(
                     os.path.join(staged, optim_file(tp_rank, pp_rank, dp_rank)), opt.state_dict())
     return files
+
+
+def local_values(universal: dict, config: Config, pstate: ParallelState, named) -> dict[str, torch.Tensor]:
+    """This rank's shard of every parameter in ``named`` as float32, from the master copy where the
+    source kept one (it is more precise than the model weight), with this layout's vocabulary rows."""
+    m, tied = config.model, not config.model.untie_embeddings_and_output_weights
+    out = {}
+    for local, p in named:
+        name = global_name(local, pstate, m.num_layers, tied) or "embedding.word_embeddings.weight"
+        full = _full_value(universal, name, m.vocab_size, "master")
+        full = full if full is not None else _full_value(universal, name, m.vocab_size)
+        out[local] = shard(full, getattr(p, "partition_dim", None), pstate.tp_rank, pstate.tp_size,
+                           getattr(p, "tp_stacked", 1))
+    return out
+
+
+def assign_model(model: GPTModel, universal: dict, config: Config, pstate: ParallelState) -> dict:
+    """Store the universal form's weights (requantized into this level's storage) and FP8 scaling state in
+    ``model``, a stage of ``pstate``'s layout; returns the float32 values it stored, by local name."""
+    values = local_values(universal, config, pstate, list(model.named_parameters()))
+    for local, p in model.named_parameters():
+        _assign(p, values[local])
+    for module, mod in model.named_modules():
+        saved = universal["fp8"].get(_global_module(module, pstate, config.model.num_layers))
+        if getattr(mod, "fp8_state", None) is not None and saved is not None:
+            try:
+                mod.fp8_state.load_state_dict(saved)
+            except ValueError:  # another --fp8-amax-history-len: start the history afresh
+                pass
+    return values
+
+
+def store_masters(optimizer: Fp8AdamW, values: dict[str, torch.Tensor]) -> None:
+    """Overwrite the separate master copies of ``optimizer`` (O3, --bf16) with precise ``values``."""
+    for local, st in optimizer.state.items():
+        if st.master is not None:
+            _store_state(st.master, st.master_sinv, values[local])
 
 
 def _global_module(module: str, pstate: ParallelState, num_layers: int) -> str:

@@ -5,7 +5,8 @@ import os
 
 from megatron_fp8.data.gpt2_bpe import EOT, ByteLevelBPE
 
-TOKENIZER_TYPES = ("GPT2BPETokenizer", "SentencePieceTokenizer", "HuggingFaceTokenizer", "NullTokenizer")
+TOKENIZER_TYPES = ("GPT2BPETokenizer", "SentencePieceTokenizer", "HuggingFaceTokenizer", "SFTTokenizer",
+                   "NullTokenizer")
 
 
 def as_int_list(ids) -> list[int]:
@@ -161,6 +162,10 @@ def build_tokenizer(cfg) -> Tokenizer:
         return SentencePieceTokenizer(cfg.tokenizer_model)
     if kind == "HuggingFaceTokenizer":
         return HuggingFaceTokenizer(cfg.tokenizer_model)
+    if kind == "SFTTokenizer":
+        from megatron_fp8.data.chat import SFTTokenizer
+
+        return SFTTokenizer(cfg.tokenizer_model, getattr(cfg, "sft_tokenizer_prompt_format", None) or "default")
     if kind == "NullTokenizer":
         return NullTokenizer(cfg.vocab_size)
     raise ValueError(f"--tokenizer-type: {kind!r} is not one of {', '.join(TOKENIZER_TYPES)}")

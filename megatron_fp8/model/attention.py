@@ -39,7 +39,8 @@ class SelfAttention(nn.Module):
             q = q.reshape(s, b, self.heads_local, d)
         return q, k, v
 
-    def forward(self, x: torch.Tensor, rope=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope=None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``attention_mask`` (``[b, 1, s, s]``, True = attend; model/masks.py) replaces the causal mask."""
         qkv = self.linear_qkv(x)
         s, b = qkv.shape[:2]
         q, k, v = self._split_qkv(qkv)
@@ -48,10 +49,11 @@ class SelfAttention(nn.Module):
         q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))  # [b, heads or groups, s, head_dim]
         dropout_p = self.dropout if self.training else 0.0
         gqa = {"enable_gqa": True} if self.groups_local != self.heads_local else {}
+        mask = dict(is_causal=True) if attention_mask is None else dict(attn_mask=attention_mask)
         if dropout_p > 0 and self.pstate.rng is not None and self.pstate.tp_size > 1:
             with self.pstate.rng.fork():  # heads are split across TP ranks: draw per-rank masks
-                out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p, **gqa)
+                out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, **mask, **gqa)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p, **gqa)
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, **mask, **gqa)
         out = out.permute(2, 0, 1, 3).reshape(s, b, self.heads_local * self.head_dim)
         return self.linear_proj(out)

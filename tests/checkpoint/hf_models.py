@@ -25,6 +25,12 @@ def tokenizer(specials: list[str], eos: str, bos: str):
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, bos_token=bos)
 
 
+# A chat template in the style of Zephyr/ChatML: role markers are special tokens, each turn ends with eos.
+CHAT_SPECIALS = ["<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
+CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ '<|' + m['role'] + '|>\n' + m['content'] + eos_token }}"
+                 "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}")
+
+
 def _perturb(model, seed: int) -> None:
     """Move every tensor off its default init (ones/zeros norms and biases would hide swapped tensors)."""
     gen = torch.Generator().manual_seed(seed)
@@ -72,6 +78,12 @@ def build(name: str, directory: str):
         config = FAMILY[name](transformers)
         model = transformers.AutoModelForCausalLM.from_config(config)
         tok = tokenizer(["<unk>", "<s>", "</s>"], "</s>", "<s>")
+    elif name == "llama_chat":  # the Llama, with a chat template and role tokens in its tokenizer
+        model, _ = build("llama", directory)
+        tok = tokenizer(CHAT_SPECIALS, "</s>", "<s>")
+        tok.chat_template = CHAT_TEMPLATE
+        tok.save_pretrained(directory)
+        return directory, model
     else:
         variant = name == "llama_tied_bias"
         config = transformers.LlamaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4,

@@ -7,7 +7,7 @@ import sys
 import time
 import types
 
-from megatron_fp8.checkpoint.atomic import TRACKER
+from megatron_fp8.checkpoint.tracker import TRACKER
 from megatron_fp8.exit_conditions import ExitConditions
 from megatron_fp8.parallel.local_spawn import spawn
 from megatron_fp8.training import Trainer

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from megatron_fp8.arguments import parse_config
-from megatron_fp8.checkpoint.atomic import iteration_dir
+from megatron_fp8.checkpoint.tracker import iteration_dir
 from megatron_fp8.config import Config, ModelConfig, PrecisionConfig, TrainingConfig
 from megatron_fp8.optim.loss_scaler import ConstantLossScaler, DynamicLossScaler
 from megatron_fp8.training import Trainer
