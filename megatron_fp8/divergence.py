@@ -3,7 +3,11 @@
 Megatron's ``--check-for-nan-in-loss-and-grad`` (on by default; ``--no-check-for-nan-in-loss-and-grad``
 turns it off): a NaN loss or gradient norm stops the run at that iteration. An inf gradient (an
 overflow) only skips its step, as before; ``--max-consecutive-skipped-iterations N`` stops the run when
-N iterations in a row were skipped (0: never). Every rank reaches the same decision: the flags are
+N iterations in a row were skipped (0: never). Under FP16 loss scaling (``--fp16``, ``--loss-scale``) an
+overflow shows as an inf/NaN gradient norm: that is the loss scaler's business (the step is skipped and a
+dynamic scale backs off), so only a NaN loss stops the run, and skipped steps count towards the limit only
+once a dynamic scale has reached ``--min-loss-scale`` (while it can still back off they are expected: the
+default initial scale 2^32 overflows for a few dozen steps). Every rank reaches the same decision: the flags are
 combined over all ranks (only the last pipeline stage has a loss), so no rank is left waiting.
 """
 
@@ -20,10 +24,16 @@ class TrainingDiverged(RuntimeError):
 
 
 class DivergenceGuard:
-    def __init__(self, check_nan: bool, max_consecutive_skipped: int, has_loss: bool, world_size: int):
+    def __init__(self, check_nan: bool, max_consecutive_skipped: int, has_loss: bool, world_size: int,
+                 loss_scaler=None):
         self.check_nan, self.max_skipped = check_nan, max_consecutive_skipped
         self.has_loss, self.world_size = has_loss, world_size
+        self.loss_scaler = loss_scaler  # None: no loss scaling (an inf/NaN gradient is not an overflow)
         self.consecutive = 0
+
+    def _scaler_can_back_off(self) -> bool:
+        scaler = self.loss_scaler
+        return scaler is not None and scaler.scale > getattr(scaler, "min_scale", scaler.scale)
 
     def _flags(self, loss: float, grad_norm: float, skipped: bool) -> tuple[bool, bool, bool]:
         flags = torch.tensor([float(self.has_loss and math.isnan(loss)), float(math.isnan(grad_norm)),
@@ -37,7 +47,11 @@ class DivergenceGuard:
         if not self.check_nan and not self.max_skipped:
             return
         nan_loss, nan_grad, skipped = self._flags(loss, grad_norm, skipped)
-        self.consecutive = self.consecutive + 1 if skipped else 0
+        nan_grad = nan_grad and self.loss_scaler is None  # under loss scaling: an overflow, already skipped
+        if not skipped:
+            self.consecutive = 0
+        elif not self._scaler_can_back_off():  # (the scaler already updated for this step)
+            self.consecutive += 1
         resume = (f"the last checkpoint is {last_saved}" if last_saved else "no checkpoint was saved by this run")
         if self.check_nan and (nan_loss or nan_grad):
             what = "loss" if nan_loss else "gradient norm"

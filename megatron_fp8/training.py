@@ -348,7 +348,7 @@ def _pretrain(config: Config, pstate: ParallelState, loads: bool, printer, start
             printer(f" > the checkpoint is at iteration {start_iteration}, which already reached the run's "
                     f"{train_iters} iterations: nothing to train (raise --train-iters or --train-samples to continue)")
         guard = DivergenceGuard(t.check_for_nan_in_loss_and_grad, t.max_consecutive_skipped_iterations,
-                                pstate.is_last_stage, pstate.world_size)
+                                pstate.is_last_stage, pstate.world_size, trainer.loss_scaler)
         print_startup(trainer, printer)
         logger = MetricsLogger(train_iters, t.log_json, t.tensorboard_dir, enabled=pstate.is_logging_rank,
                                printer=printer)

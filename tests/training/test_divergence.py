@@ -1,5 +1,6 @@
 """A run that diverges stops with a clear message and saves nothing of the broken state (issue 17, item 6)."""
 
+import json
 import math
 import os
 import sys
@@ -7,6 +8,7 @@ import sys
 import pytest
 
 from megatron_fp8.divergence import DivergenceGuard, TrainingDiverged
+from megatron_fp8.optim.loss_scaler import DynamicLossScaler
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
@@ -67,3 +69,32 @@ def test_flags_parse_with_megatrons_names():
     assert not t.check_for_nan_in_loss_and_grad and t.max_consecutive_skipped_iterations == 0
     with pytest.raises(SystemExit):
         parse_config(TINY + ["--max-consecutive-skipped-iterations", "-1"])
+
+
+def test_fp16_overflows_belong_to_the_loss_scaler():
+    """Under dynamic loss scaling an overflow's NaN/inf gradient norm skips the step and backs the scale off;
+    skips count towards the limit only once the scale sits at --min-loss-scale; a NaN loss still stops."""
+    scaler = DynamicLossScaler(2.0 ** 4, min_scale=1.0, hysteresis=1)
+    guard = DivergenceGuard(check_nan=True, max_consecutive_skipped=2, has_loss=True, world_size=1,
+                            loss_scaler=scaler)
+    for it in range(1, 5):  # 16 -> 8 -> 4 -> 2 -> 1: expected overflows, not counted
+        scaler.update(True)
+        guard.check(it, 2.0, math.nan, True, None)
+    assert scaler.scale == 1.0 and guard.consecutive == 1  # the step that reached the minimum counts
+    scaler.update(True)
+    with pytest.raises(TrainingDiverged, match="iteration 5: 2 iterations in a row"):
+        guard.check(5, 2.0, math.nan, True, None)
+    with pytest.raises(TrainingDiverged, match="NaN in the loss"):
+        DivergenceGuard(True, 0, True, 1, loss_scaler=DynamicLossScaler(8.0)).check(1, math.nan, 1.0, False, None)
+
+
+def test_fp16_run_starts_at_megatrons_initial_scale_and_trains(tmp_path):
+    """--fp16 starts at 2^32 (Megatron's --initial-loss-scale default): the first steps overflow and are
+    skipped while the scale backs off; the run goes on and applies steps."""
+    pretrain_gpt.main(TINY + ["--fp16", "--fp8-level", "off", "--train-iters", "60", "--hysteresis", "1",
+                              "--log-interval", "20", "--eval-iters", "0",
+                              "--data-cache-path", str(tmp_path / "cache"), "--log-json", str(tmp_path / "log.json")])
+    rows = [json.loads(line) for line in open(tmp_path / "log.json")]
+    last = [r for r in rows if "loss_scale" in r][-1]
+    assert last["iteration"] == 60 and last["loss_scale"] < 2.0 ** 32
+    assert 0 < last["skipped_iterations"] < 60
