@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 
 from . import kernels
+from .stats import RECORDER
 from .blockwise import BLOCK_128x128, TILE_1x128, BlockwiseFp8Tensor
 from .formats import dtype_max, is_scaled
 from .reference import amax as tensor_amax
@@ -32,6 +33,7 @@ class TensorQuantizer:
         self.meta = ScalingMeta(dtype_max(dtype), meta_recipe, recipe.amax_history_len,
                                 recipe.amax_compute_algo, recipe.margin, device)
         self._has_history = False  # delayed scaling casts with current scaling until it has an amax
+        self.stats_name: str | None = None  # set by the statistics collector (--fp8-stats-interval)
 
     @property
     def blockwise(self) -> bool:
@@ -53,6 +55,8 @@ class TensorQuantizer:
         else:  # current scaling, and the first cast of a delayed recipe (a scale of 1 would underflow)
             agreed = self._reduce(tensor_amax(x))
             scale = self.meta.scale_for(agreed)
+        if RECORDER.active and self.stats_name:
+            RECORDER.record(self.stats_name, x, scale, self.dtype)
         data, data_t, amax = _cast(x, scale, self.dtype, with_transpose)
         seen = agreed if agreed is not None else self._reduce(amax)
         self.meta.record_amax(seen)
