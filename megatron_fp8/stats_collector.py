@@ -9,10 +9,9 @@ tensor. On other iterations, and always with N = 0, nothing is recorded and noth
 
 from contextlib import contextmanager
 
-import torch.distributed as dist
-
 from .checkpoint.names import global_name
 from .fp8.stats import RECORDER, merge_lists, role_of, summarize
+from .parallel import comm
 
 FIGURES = ("underflow", "saturation", "rel_error")
 
@@ -74,10 +73,8 @@ class Fp8StatsCollector:
     def _reduce(self, local: dict[str, list[float]]) -> dict[str, list[float]]:
         if self.pstate.world_size == 1:
             return local
-        every: list = [None] * self.pstate.world_size
-        dist.all_gather_object(every, local)  # the one collective of a statistics iteration
         merged: dict[str, list[float]] = {}
-        for table in every:
+        for table in comm.all_gather_object(local):  # the one collective of a statistics iteration
             for name, counts in table.items():
                 merged[name] = counts if name not in merged else merge_lists(merged[name], counts)
         return merged

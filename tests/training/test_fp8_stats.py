@@ -34,7 +34,7 @@ def test_interval_zero_computes_no_statistic(monkeypatch):
     assert train_with_stats(trainer, steps=1) == {}
     assert not stats.RECORDER.active
     # the patched function is the one the quantization points reach: on a statistics iteration it raises
-    trainer.config.training.fp8_stats_interval = 3
+    trainer.config.training.fp8_stats_interval = trainer.progress.iteration + 1  # the next one is due
     with pytest.raises(AssertionError, match="statistic was computed"):
         train_with_stats(trainer, steps=1)
     assert not stats.RECORDER.active  # an interrupted statistics iteration leaves the recorder off
