@@ -10,11 +10,11 @@ from typing import Callable
 import torch
 
 from . import kernels
-from .stats import RECORDER
 from .blockwise import BLOCK_128x128, TILE_1x128, BlockwiseFp8Tensor
 from .formats import dtype_max, is_scaled
 from .reference import amax as tensor_amax
 from .scaling import Fp8Recipe, ScalingMeta, compute_scale_tensor, keep_overflow_visible
+from .stats import RECORDER
 from .tensor import Fp8Tensor
 
 AmaxReduce = Callable[[torch.Tensor], torch.Tensor]
