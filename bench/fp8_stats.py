@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron_fp8.fp8 import stats, stats_points  # noqa: E402
 from megatron_fp8.config import Config, ModelConfig, PrecisionConfig, TrainingConfig  # noqa: E402
+from megatron_fp8.fp8 import stats, stats_points  # noqa: E402
 from megatron_fp8.stats_collector import Fp8StatsCollector  # noqa: E402
 from megatron_fp8.training import Trainer  # noqa: E402
 
