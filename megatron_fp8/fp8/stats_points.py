@@ -42,8 +42,9 @@ def adamw(params: list[tuple[torch.Tensor, AdamWTensors]], hyper: AdamWHyper) ->
     constants = hyper.constants()
     for param, t in params:
         name = RECORDER.name_of(param)
-        if name is None:
-            continue
+        stores = (t.exp_avg, t.exp_avg_sq, t.master, t.weight)
+        if name is None or not any(x is not None and is_scaled(x.dtype) for x in stores):
+            continue  # plain float states (embeddings, norms, biases) are not quantized
         p, m, v = adamw_math(t, constants)
         for role, stored, sinv, values in (("exp_avg", t.exp_avg, t.exp_avg_sinv, m),
                                            ("exp_avg_sq", t.exp_avg_sq, t.exp_avg_sq_sinv, v),
