@@ -62,8 +62,7 @@ class Fp8LinearState:
             self._weight = weight_operands(weight, getattr(weight, "scale_inv", None), E4M3,
                                            self.recipe.recipe == "blockwise", self.recipe.margin)
             self._weight_key = key
-            if RECORDER.active and self.stats_name and isinstance(self._weight[0], Fp8Tensor) \
-                    and weight.dtype != E4M3:  # an O3 weight is FP8 already: the optimizer cast it
+            if RECORDER.active and self.stats_name and weight.dtype != E4M3:  # O3: the optimizer cast it
                 stats_points.weight_operand(self.stats_name, weight, self._weight[0])
         return self._weight
 

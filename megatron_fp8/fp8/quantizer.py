@@ -48,6 +48,9 @@ class TensorQuantizer:
             q = BlockwiseFp8Tensor.quantize(x, TILE_1x128, self.dtype, self.recipe.margin)
             q_t = BlockwiseFp8Tensor.quantize(x.t(), TILE_1x128, self.dtype, self.recipe.margin) \
                 if with_transpose else None
+            if RECORDER.active and self.stats_name:  # both casts (tiles along K of each GEMM) count
+                for values, cast in ((x, q), (x.t(), q_t)) if q_t is not None else ((x, q),):
+                    RECORDER.record(self.stats_name, values, 1.0 / cast.element_scale_inv(), self.dtype)
             return q, q_t
         agreed = None  # the group-wide amax, when this cast computes it up front
         if self.meta.delayed and self._has_history:

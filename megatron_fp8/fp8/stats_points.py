@@ -8,6 +8,7 @@ and records their counts under ``<parameter or layer>.<role>``.
 
 import torch
 
+from .blockwise import BlockwiseFp8Tensor
 from .formats import dtype_max, is_scaled
 from .quantizer import _real
 from .reference import AdamWHyper, AdamWTensors, adamw_math, amax, load
@@ -21,10 +22,12 @@ def _fresh_scale(values: torch.Tensor, dtype: torch.dtype, margin: int, scale_in
     return compute_scale_tensor(amax(values), dtype_max(dtype), margin, 1.0 / scale_inv)
 
 
-def weight_operand(layer: str, weight: torch.Tensor, operand: Fp8Tensor) -> None:
-    """``<layer>.weight``: the cast of the real weight values into the FP8 GEMM operand."""
+def weight_operand(layer: str, weight: torch.Tensor, operand: "Fp8Tensor | BlockwiseFp8Tensor") -> None:
+    """``<layer>.weight``: the cast of the real weight values into the FP8 GEMM operand (tensorwise, or
+    128x128 blocks with one scale each)."""
     real = _real(weight, getattr(weight, "scale_inv", None))
-    RECORDER.record(f"{layer}.weight", real, 1.0 / operand.scale_inv, operand.dtype)
+    scale_inv = operand.element_scale_inv() if isinstance(operand, BlockwiseFp8Tensor) else operand.scale_inv
+    RECORDER.record(f"{layer}.weight", real, 1.0 / scale_inv, operand.dtype)
 
 
 def wgrad(weight: torch.Tensor, acc: Fp8Tensor, grad: torch.Tensor, margin: int) -> None:

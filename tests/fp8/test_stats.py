@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from megatron_fp8.fp8 import stats
+from megatron_fp8.fp8.blockwise import TILE_1x128, BlockwiseFp8Tensor
 from megatron_fp8.fp8.formats import E4M3, E5M2
 from megatron_fp8.fp8.tensor import Fp8Tensor
 
@@ -86,3 +87,15 @@ def test_recorder_is_off_until_started():
     assert not rec.active and list(table) == ["a.input"]
     assert stats.summarize(table["a.input"])["saturation"] == 0.25
     assert stats.role_of("decoder.layers.0.mlp.linear_fc1.weight.exp_avg") == "exp_avg"
+
+
+def test_blockwise_tiles_each_get_their_own_scale():
+    # two 1x128 tiles: 2^-20 beside 1.0 underflows (tile scale 2^8), alone in its tile it is exact (2^28)
+    x = torch.zeros(1, 256)
+    x[0, 0], x[0, 1], x[0, 128] = 1.0, 2.0 ** -20, 2.0 ** -20
+    q = BlockwiseFp8Tensor.quantize(x, TILE_1x128, E4M3)
+    f = stats.summarize(stats.measure(x, 1.0 / q.element_scale_inv(), E4M3))
+    assert f["underflow"] == pytest.approx(1 / 3, rel=1e-12) and f["saturation"] == 0.0
+    assert f["scale_exp"] == 8 and f["amax"] == 1.0
+    assert f["rel_error"] == pytest.approx(2.0 ** -20 / math.sqrt(1 + 2 * 2.0 ** -40), rel=1e-12)
+    assert torch.equal(q.dequantize()[0, 128], x[0, 128]) and q.dequantize()[0, 1] == 0

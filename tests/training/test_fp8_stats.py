@@ -54,6 +54,16 @@ def test_larger_margin_raises_measured_underflow():
     assert high_figures[name]["scale_exp"] == low_figures[name]["scale_exp"] - 6
 
 
+def test_blockwise_recipe_measures_its_tile_casts():
+    config = stats_config("O2")
+    config.precision.recipe.recipe = "blockwise"
+    figures = train_with_stats(Trainer(config))
+    roles = {name.rsplit(".", 1)[-1] for name in figures}
+    assert {"input", "weight", "grad_output", "wgrad", "exp_avg"} <= roles
+    # one scale per 1x128 tile: no activation value is clamped
+    assert all(f["saturation"] == 0.0 for n, f in figures.items() if n.endswith(".input"))
+
+
 def test_log_json_rows_log_line_and_warnings(tmp_path, capsys):
     log = tmp_path / "log.jsonl"
     pretrain_gpt.main(SMALL + ["--train-iters", "3", "--log-interval", "1", "--fp8-stats-interval", "2",
