@@ -40,6 +40,7 @@ from .parallel.random import stage_seed
 from .parallel.state import ParallelState, single_process
 from .pipeline.schedules import forward_backward_1f1b, forward_backward_no_pipelining
 from .schedule import training_plan
+from .stats_collector import Fp8StatsCollector
 
 
 def default_device() -> torch.device:
@@ -356,15 +357,17 @@ def _pretrain(config: Config, pstate: ParallelState, loads: bool, printer, start
         summary = {"train_losses": [], "valid_loss": None}
         flops_per_token = model_flops_per_iteration(config.model, 1)
         window, stop = [], None
+        fp8_stats = Fp8StatsCollector.for_trainer(trainer, printer)
         while trainer.progress.iteration < train_iters:
             p = trainer.progress
             start = time.perf_counter()
-            result = trainer.train_iteration(train_ds)
+            with fp8_stats.iteration(p.iteration + 1):  # --fp8-stats-interval (nothing at 0)
+                result = trainer.train_iteration(train_ds)
             guard.check(p.iteration, result.loss, result.grad_norm, result.skipped, last_saved)
             window.append((result, time.perf_counter() - start))
             summary["train_losses"].append(result.loss)
             if p.iteration % t.log_interval == 0 or p.iteration == train_iters:
-                logger.log_iteration(_log_record(trainer, window, flops_per_token))
+                logger.log_iteration({**_log_record(trainer, window, flops_per_token), **fp8_stats.take()})
                 window = []
             if valid_ds is not None and t.eval_iters and p.iteration % t.eval_interval == 0:
                 summary["valid_loss"] = trainer.evaluate(valid_ds, t.eval_iters)

@@ -14,6 +14,7 @@ from .blockwise import BLOCK_128x128, TILE_1x128, BlockwiseFp8Tensor
 from .formats import dtype_max, is_scaled
 from .reference import amax as tensor_amax
 from .scaling import Fp8Recipe, ScalingMeta, compute_scale_tensor, keep_overflow_visible
+from .stats import RECORDER
 from .tensor import Fp8Tensor
 
 AmaxReduce = Callable[[torch.Tensor], torch.Tensor]
@@ -32,6 +33,7 @@ class TensorQuantizer:
         self.meta = ScalingMeta(dtype_max(dtype), meta_recipe, recipe.amax_history_len,
                                 recipe.amax_compute_algo, recipe.margin, device)
         self._has_history = False  # delayed scaling casts with current scaling until it has an amax
+        self.stats_name: str | None = None  # set by the statistics collector (--fp8-stats-interval)
 
     @property
     def blockwise(self) -> bool:
@@ -46,6 +48,9 @@ class TensorQuantizer:
             q = BlockwiseFp8Tensor.quantize(x, TILE_1x128, self.dtype, self.recipe.margin)
             q_t = BlockwiseFp8Tensor.quantize(x.t(), TILE_1x128, self.dtype, self.recipe.margin) \
                 if with_transpose else None
+            if RECORDER.active and self.stats_name:  # both casts (tiles along K of each GEMM) count
+                for values, cast in ((x, q), (x.t(), q_t)) if q_t is not None else ((x, q),):
+                    RECORDER.record(self.stats_name, values, 1.0 / cast.element_scale_inv(), self.dtype)
             return q, q_t
         agreed = None  # the group-wide amax, when this cast computes it up front
         if self.meta.delayed and self._has_history:
@@ -53,6 +58,8 @@ class TensorQuantizer:
         else:  # current scaling, and the first cast of a delayed recipe (a scale of 1 would underflow)
             agreed = self._reduce(tensor_amax(x))
             scale = self.meta.scale_for(agreed)
+        if RECORDER.active and self.stats_name:
+            RECORDER.record(self.stats_name, x, scale, self.dtype)
         data, data_t, amax = _cast(x, scale, self.dtype, with_transpose)
         seen = agreed if agreed is not None else self._reduce(amax)
         self.meta.record_amax(seen)
