@@ -28,7 +28,7 @@ import os
 
 import torch
 
-from . import gemm_rules
+from . import gemm_rules, kernels
 from .blockwise import BLOCK, BlockwiseFp8Tensor
 
 ENV = "MEGATRON_FP8_CPU_GEMM"
@@ -49,9 +49,15 @@ def use_decode(device: torch.device) -> bool:
     return forced_path() != "scaled_mm"
 
 
+_ONE = torch.ones((), dtype=torch.float32)
+
+
 def decode(data: torch.Tensor) -> torch.Tensor:
-    """FP8 payload -> float32, exactly."""
-    return data.float()
+    """FP8 payload -> float32, exactly: the csrc cast kernel (vectorised, several times faster than torch's
+    own FP8 ``.float()`` on CPU; its amax is not needed here). Other devices use torch's cast."""
+    if data.device.type != "cpu":
+        return data.float()
+    return kernels.scale_cast_amax(data, _ONE, torch.float32)[0]
 
 
 def scaled_mm(a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor, scale_b: torch.Tensor,
