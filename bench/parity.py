@@ -13,6 +13,8 @@ import os
 from megatron_fp8.arguments import parse_config
 from megatron_fp8.training import pretrain
 
+from results_io import plot_curves
+
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
@@ -32,25 +34,8 @@ def run_level(level: str, a) -> dict:
 
 
 def plot(results: dict, path: str) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for level, r in results.items():
-        its, losses = zip(*r["curve"])
-        ax.plot(its, losses, label=f"{level} (valid {r['final_valid_loss']:.4f})", linewidth=1)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("training lm loss")
-    ax.set_yscale("log")
-    ax.set_title("megatron_fp8: loss by precision level (default corpus, same init)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return True
+    return plot_curves(results, path, "training lm loss", "megatron_fp8: loss by precision level (default corpus, "
+                       "same init)", log_scale=True)
 
 
 def summarize() -> dict:

@@ -50,7 +50,11 @@ ACCEPTED = [CompatFlag(*row) for row in (
     ("--no-manual-gc-eval", "Python's garbage collector is left to run as usual"),
     ("--empty-unused-memory-level", "the CUDA caching allocator is not emptied between steps", int),
     ("--no-mmap-bin-files", ".bin files are always memory-mapped read-only"),
-    ("--no-create-attention-mask-in-dataloader", "no attention mask is materialised (causal attention)"),
+    ("--no-create-attention-mask-in-dataloader", "the data loader never builds attention masks; the model builds "
+                                                 "one only for packed samples (--sft, --reset-attention-mask)"),
+    ("--calculate-per-token-loss", "the loss is always the masked token mean over the global batch (token losses "
+                                   "summed over micro-batches and data-parallel ranks / their unmasked tokens), "
+                                   "which is what this flag selects in Megatron-LM"),
     ("--log-throughput", "tokens/s and TFLOP/s per GPU are always in the log line"),
     ("--log-timers-to-tensorboard", "step time is always logged"),
     ("--log-validation-ppl-to-tensorboard", "validation loss and perplexity are always logged"),
@@ -123,6 +127,29 @@ def add_compat_args(parser: argparse.ArgumentParser) -> None:
         _add(group, f.name, f.dest, f.kind, f.nargs)
     for f in REFUSED:
         _add(group, f.name, "compat_" + f.name.lstrip("-").replace("-", "_"), f.kind)
+    _add(group, "--grad-reduce-in-bf16", "compat_grad_reduce_in_bf16", SWITCH)
+
+
+BASELINES = ("off", "gemm")  # the levels without FP8 weight gradients
+
+
+def adjust_args(args: argparse.Namespace) -> list[str]:
+    """Megatron flags whose meaning here is another flag's value, applied to ``args`` as Megatron applies
+    them; one start-up line each. Contradictions raise ValueError."""
+    notes = []
+    if getattr(args, "sequence_parallel", False) and args.tensor_model_parallel_size == 1:
+        args.sequence_parallel = False  # Megatron warns and disables it
+        notes.append("--sequence-parallel: disabled, --tensor-model-parallel-size is 1 (as Megatron does)")
+    if getattr(args, "compat_grad_reduce_in_bf16", False):
+        if args.fp8_level not in BASELINES:
+            notes.append(f"--grad-reduce-in-bf16: accepted; at --fp8-level {args.fp8_level} weight gradients are "
+                         "FP8 and reduced in FP8, the other gradients already travel in BF16")
+        elif args.grad_reduce_dtype not in (None, "bf16"):
+            raise ValueError(f"--grad-reduce-in-bf16 contradicts --grad-reduce-dtype {args.grad_reduce_dtype}")
+        else:
+            args.grad_reduce_dtype = "bf16"
+            notes.append("--grad-reduce-in-bf16: data-parallel gradients travel in BF16 (--grad-reduce-dtype bf16)")
+    return notes
 
 
 def compat_notes(args: argparse.Namespace) -> list[str]:

@@ -24,10 +24,14 @@ PROBABILITY = (0, 1, True, True)
 
 def flag(default=MISSING, help: str = "", *, name: str | None = None, aliases: tuple = (),
          choices=None, bounds: tuple | None = None, nargs=None, action: str | None = None,
-         metavar: str | None = None, group: str | None = None, default_factory=MISSING) -> Field:
-    """A dataclass field that is also a command-line flag (``--field-name`` unless ``name`` says otherwise)."""
+         metavar: str | None = None, group: str | None = None, negative: str | None = None,
+         default_factory=MISSING) -> Field:
+    """A dataclass field that is also a command-line flag (``--field-name`` unless ``name`` says otherwise).
+
+    A switch that defaults to on may also be given a ``negative`` flag that turns it off (Megatron's
+    ``--no-...`` form); both set the same field."""
     meta = {"help": help, "name": name, "aliases": tuple(aliases), "choices": choices, "bounds": bounds,
-            "nargs": nargs, "action": action, "metavar": metavar, "group": group}
+            "nargs": nargs, "action": action, "metavar": metavar, "group": group, "negative": negative}
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata={"flag": meta})
     return field(default=default, metadata={"flag": meta})
@@ -74,7 +78,11 @@ def add_flags(parser: argparse.ArgumentParser, cls, title: str, group: str | Non
         kind, is_list = _base_type(f.type)
         default = _default(f)
         kwargs = {"dest": dest(f), "default": default, "help": meta["help"] or None}
-        if meta["action"] is not None or kind is bool:
+        if meta["negative"] is not None:  # --x turns it on, --no-x off
+            kwargs["action"] = "store_true"
+            arg_group.add_argument(meta["negative"], dest=kwargs["dest"], action="store_false",
+                                   help=f"turn off {names[0]}")
+        elif meta["action"] is not None or kind is bool:
             kwargs["action"] = meta["action"] or ("store_false" if default else "store_true")
         else:
             kwargs["type"] = kind if kind in (int, float, str) else str

@@ -67,3 +67,35 @@ def load_script(relative_path: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+class PackedPatternDataset:
+    """Packed SFT-like rows: 1-3 pattern documents per sample, then padding; loss on a varying tail of
+    each document (its "assistant" part, 2 to 14 tokens), positions restarting at every document. The
+    unmasked-token counts differ from sample to sample, so a per-micro-batch mean differs from the
+    global masked mean."""
+
+    def __init__(self, n: int = 512, seed: int = 0):
+        self.n, self.seed = n, seed
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        rng = np.random.RandomState(self.seed * 100003 + i)
+        size = SEQ + 1
+        tokens, targets = np.zeros(size, np.int64), np.zeros(size, bool)
+        documents, positions = np.zeros(size, np.int64), np.zeros(size, np.int64)
+        at, doc = 0, 0
+        for doc in range(rng.randint(1, 4)):
+            n = min(rng.randint(6, 17), size - at)
+            if n < 4:
+                break
+            tokens[at:at + n] = (rng.randint(VOCAB) + rng.randint(1, 7) * np.arange(n)) % VOCAB
+            targets[at + n - rng.randint(2, n - 1):at + n] = True
+            documents[at:at + n], positions[at:at + n] = doc, np.arange(n)
+            at += n
+        documents[at:], positions[at:] = doc + 1, np.arange(size - at)  # padding (token 0), no loss
+        same = documents[1:] == documents[:-1]
+        return {"tokens": tokens[:-1], "labels": tokens[1:], "loss_mask": (targets[1:] & same).astype(np.float32),
+                "position_ids": positions[:-1], "document_ids": documents[:-1]}

@@ -12,7 +12,9 @@ samples) carries over, so training resumes on the same loss curve.
 import argparse
 
 from megatron_fp8.checkpoint.distributed import read_metadata
+from megatron_fp8.checkpoint.lock import SaveDirLock
 from megatron_fp8.checkpoint.state import config_from_summary
+from megatron_fp8.checkpoint.tracker import iteration_folders, read_tracker
 from megatron_fp8.checkpoint.universal import prepare_target, read_universal, write_layout
 from megatron_fp8.config import FP8_LEVELS
 
@@ -27,8 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only matters with --target-use-distributed-optimizer (optimizer shards per DP rank)")
     p.add_argument("--target-use-distributed-optimizer", action="store_true")
     p.add_argument("--target-fp8-level", choices=FP8_LEVELS, default=None)
-    p.add_argument("--hf-import", metavar="DIR", help="import a Hugging Face GPT-2 or Llama directory")
+    p.add_argument("--hf-import", metavar="DIR", help="import a Hugging Face GPT-2, Llama, Mistral or Qwen2 directory")
     p.add_argument("--hf-export", metavar="DIR", help="export to a Hugging Face directory")
+    p.add_argument("--verify", action="store_true",
+                   help="with --hf-import: before writing, run our model (at off) and transformers on the same random "
+                        "tokens and fail if the logits differ by more than 1e-3")
     return p
 
 
@@ -37,8 +42,13 @@ def convert(args) -> str:
         from megatron_fp8.checkpoint import hf
 
         return hf.run(args)
+    if args.verify:
+        raise SystemExit("convert_checkpoint.py: --verify applies to --hf-import")
     if not args.load or not args.save:
         raise SystemExit("convert_checkpoint.py: --load and --save are required (or --hf-import / --hf-export)")
+    if read_tracker(args.save) is not None or iteration_folders(args.save):
+        raise SystemExit(f"convert_checkpoint.py: --save {args.save} already holds checkpoints; convert into a "
+                         "new directory (nothing is overwritten)")
     found = read_metadata(args.load)
     if found is None:
         raise SystemExit(f"convert_checkpoint.py: --load {args.load} holds no checkpoint "
@@ -52,7 +62,9 @@ def convert(args) -> str:
         prepare_target(config, summary["model"], tp, pp, dp, args.target_use_distributed_optimizer)
     except ValueError as err:
         raise SystemExit(f"convert_checkpoint.py: {err}") from None
-    return write_layout(read_universal(args.load), config, tp, pp, dp, args.save, args.target_use_distributed_optimizer)
+    universal = read_universal(args.load)
+    with SaveDirLock(args.save):
+        return write_layout(universal, config, tp, pp, dp, args.save, args.target_use_distributed_optimizer)
 
 
 def main(argv=None) -> None:

@@ -6,25 +6,24 @@ scaling state. ``write_layout`` builds every rank's files for any target TP/PP/D
 values are sharded and requantized with fresh scales into whatever storage the target level uses.
 """
 
-import json
 import os
-import shutil
 
 import torch
 
 from ..config import Config
-from ..fp8.formats import is_scaled
 from ..fp8.reference import load as load_stored
 from ..fp8.tensor import Fp8Tensor
+from ..fsutil import remove_quietly
 from ..layers.embedding import padded_vocab_size
 from ..model import GPTModel
 from ..optim.adamw import AdamWSettings, Fp8AdamW
 from ..optim.ownership import assign_param_owners
 from ..parallel.state import ParallelState
-from .atomic import iteration_dir, publish
-from .distributed import METADATA, _write, model_file, optim_file, read_file, read_metadata
+from .distributed import _write, model_file, optim_file, read_file, read_metadata, write_metadata
 from .names import global_name, resize_vocab, shard, unshard
+from .paths import no_checkpoint_message
 from .state import FORMAT, config_summary, model_state
+from .tracker import iteration_dir, publish, staging_dir
 
 VOCAB_ROWS = ("embedding.word_embeddings.weight", "output_layer.weight")
 STATE_KEYS = ("master", "exp_avg", "exp_avg_sq")
@@ -40,7 +39,7 @@ def read_universal(root: str) -> dict:
     """Full float32 model and optimizer state of the newest checkpoint under ``root``."""
     found = read_metadata(root)
     if found is None:
-        raise FileNotFoundError(f"{root}: no checkpoint (no latest_checkpointed_iteration.txt)")
+        raise FileNotFoundError(no_checkpoint_message(root))
     directory, metadata = found
     layout = metadata["layout"]
     sharded_opt = layout["distributed_optimizer"] and layout["dp"] > 1
@@ -51,6 +50,8 @@ def read_universal(root: str) -> dict:
             model = read_file(directory, metadata, model_file(tp_rank, pp_rank))
             optim_params = {}
             for dp_rank in range(layout["dp"] if sharded_opt else 1):
+                if optim_file(tp_rank, pp_rank, dp_rank) not in metadata["files"]:
+                    continue  # saved with --no-save-optim: the weights alone
                 optim = read_file(directory, metadata, optim_file(tp_rank, pp_rank, dp_rank))
                 optim_params.update(optim["params"])
                 step = optim["step"]
@@ -86,9 +87,10 @@ def _stage(layout: dict, pp_rank: int) -> ParallelState:
 
 
 def _assign(param: torch.nn.Parameter, values: torch.Tensor) -> None:
-    """Store real ``values`` into a parameter in its own storage dtype (fresh scale when scaled)."""
+    """Store real ``values`` into a parameter in its own storage dtype (fresh scale when it has one; plain
+    FP16 compute-dtype storage under --fp16 has none)."""
     with torch.no_grad():
-        if is_scaled(param.dtype):
+        if getattr(param, "scale_inv", None) is not None:
             q = Fp8Tensor.quantize_current(values, param.dtype)
             param.copy_(q.data)
             param.scale_inv.copy_(q.scale_inv)
@@ -136,11 +138,30 @@ def write_layout(universal: dict, config: Config, tp: int, pp: int, dp: int, roo
                  distributed_optimizer: bool = False) -> str:
     """Write a checkpoint of ``universal`` for the target layout and ``config``'s precision level."""
     prepare_target(config, universal["config"]["model"], tp, pp, dp, distributed_optimizer)
-    m = config.model
     iteration = universal["iteration"]
-    staged = iteration_dir(root, iteration) + ".tmp"
-    shutil.rmtree(staged, ignore_errors=True)
+    os.makedirs(root, exist_ok=True)
+    staged = staging_dir(root, iteration)
+    remove_quietly(staged)
     os.makedirs(staged)
+    try:
+        files = _write_shards(universal, config, tp, pp, dp, distributed_optimizer, staged)
+        summary = config_summary(config)
+        if config.data is None:  # keep the source's tokenizer: generate.py and resumed runs need it
+            summary["tokenizer"] = universal["config"].get("tokenizer", {})
+        write_metadata(staged, {"format": FORMAT, "iteration": iteration, "progress": universal["progress"],
+                                "config": summary, "files": files,
+                                "layout": {"tp": tp, "pp": pp, "dp": dp,
+                                           "distributed_optimizer": distributed_optimizer}})
+        publish(root, iteration, staged)
+    except BaseException:
+        remove_quietly(staged)  # a failed conversion (a full disk, say) leaves no litter behind
+        raise
+    return iteration_dir(root, iteration)
+
+
+def _write_shards(universal, config, tp, pp, dp, distributed_optimizer, staged) -> dict:
+    """Every rank's model and optimizer files of the target layout, written into ``staged``."""
+    m = config.model
     files = {}
     tied = not m.untie_embeddings_and_output_weights
     for pp_rank in range(pp):
@@ -148,19 +169,7 @@ def write_layout(universal: dict, config: Config, tp: int, pp: int, dp: int, roo
             pstate = ParallelState(tp_size=tp, tp_rank=tp_rank, pp_size=pp, pp_rank=pp_rank, dp_size=dp)
             model = GPTModel(config, pstate)
             named = list(model.named_parameters())
-            for local, p in named:
-                name = global_name(local, pstate, m.num_layers, tied) or "embedding.word_embeddings.weight"
-                # the master copy, where the source kept one, is more precise than the model weight
-                full = _full_value(universal, name, m.vocab_size, "master")
-                full = full if full is not None else _full_value(universal, name, m.vocab_size)
-                _assign(p, shard(full, getattr(p, "partition_dim", None), tp_rank, tp, getattr(p, "tp_stacked", 1)))
-            for module, mod in model.named_modules():
-                saved = universal["fp8"].get(_global_module(module, pstate, m.num_layers))
-                if getattr(mod, "fp8_state", None) is not None and saved is not None:
-                    try:
-                        mod.fp8_state.load_state_dict(saved)
-                    except ValueError:  # another --fp8-amax-history-len: start the history afresh
-                        pass
+            assign_model(model, universal, config, pstate)
             files[model_file(tp_rank, pp_rank)] = _write(os.path.join(staged, model_file(tp_rank, pp_rank)),
                                                          model_state(model, pstate, config))
             owners = assign_param_owners([p for _, p in named], dp if distributed_optimizer else 1)
@@ -169,17 +178,44 @@ def write_layout(universal: dict, config: Config, tp: int, pp: int, dp: int, roo
                 opt = _optimizer_for(universal, config, owned, pstate, m.num_layers, tied)
                 files[optim_file(tp_rank, pp_rank, dp_rank)] = _write(
                     os.path.join(staged, optim_file(tp_rank, pp_rank, dp_rank)), opt.state_dict())
-    summary = config_summary(config)
-    if config.data is None:  # keep the source's tokenizer: generate.py and resumed runs need it
-        summary["tokenizer"] = universal["config"].get("tokenizer", {})
-    metadata = {"format": FORMAT, "iteration": iteration, "progress": universal["progress"],
-                "config": summary, "files": files,
-                "layout": {"tp": tp, "pp": pp, "dp": dp, "distributed_optimizer": distributed_optimizer}}
-    with open(os.path.join(staged, METADATA), "w", encoding="utf-8") as f:
-        json.dump(metadata, f, indent=1, default=str)
-    os.makedirs(root, exist_ok=True)
-    publish(root, iteration, staged)
-    return iteration_dir(root, iteration)
+    return files
+
+
+def local_values(universal: dict, config: Config, pstate: ParallelState, named) -> dict[str, torch.Tensor]:
+    """This rank's shard of every parameter in ``named`` as float32, from the master copy where the
+    source kept one (it is more precise than the model weight), with this layout's vocabulary rows."""
+    m, tied = config.model, not config.model.untie_embeddings_and_output_weights
+    out = {}
+    for local, p in named:
+        name = global_name(local, pstate, m.num_layers, tied) or "embedding.word_embeddings.weight"
+        full = _full_value(universal, name, m.vocab_size, "master")
+        full = full if full is not None else _full_value(universal, name, m.vocab_size)
+        out[local] = shard(full, getattr(p, "partition_dim", None), pstate.tp_rank, pstate.tp_size,
+                           getattr(p, "tp_stacked", 1))
+    return out
+
+
+def assign_model(model: GPTModel, universal: dict, config: Config, pstate: ParallelState) -> dict:
+    """Store the universal form's weights (requantized into this level's storage) and FP8 scaling state in
+    ``model``, a stage of ``pstate``'s layout; returns the float32 values it stored, by local name."""
+    values = local_values(universal, config, pstate, list(model.named_parameters()))
+    for local, p in model.named_parameters():
+        _assign(p, values[local])
+    for module, mod in model.named_modules():
+        saved = universal["fp8"].get(_global_module(module, pstate, config.model.num_layers))
+        if getattr(mod, "fp8_state", None) is not None and saved is not None:
+            try:
+                mod.fp8_state.load_state_dict(saved)
+            except ValueError:  # another --fp8-amax-history-len: start the history afresh
+                pass
+    return values
+
+
+def store_masters(optimizer: Fp8AdamW, values: dict[str, torch.Tensor]) -> None:
+    """Overwrite the separate master copies of ``optimizer`` (O3, --bf16) with precise ``values``."""
+    for local, st in optimizer.state.items():
+        if st.master is not None:
+            _store_state(st.master, st.master_sinv, values[local])
 
 
 def _global_module(module: str, pstate: ParallelState, num_layers: int) -> str:

@@ -4,6 +4,7 @@ import math
 import os
 from dataclasses import dataclass
 
+from megatron_fp8.data.chat import PROMPT_FORMATS
 from megatron_fp8.data.tokenizer import TOKENIZER_TYPES
 from megatron_fp8.flagspec import NON_NEGATIVE, POSITIVE, flag
 
@@ -62,7 +63,8 @@ def check_tokenizer_flags(cfg) -> None:
     if kind not in TOKENIZER_TYPES:
         raise ValueError(f"--tokenizer-type: {kind!r} is not one of {', '.join(TOKENIZER_TYPES)}")
     needed = {"GPT2BPETokenizer": ("vocab_file", "merge_file"), "SentencePieceTokenizer": ("tokenizer_model",),
-              "HuggingFaceTokenizer": ("tokenizer_model",), "NullTokenizer": ("vocab_size",)}[kind]
+              "HuggingFaceTokenizer": ("tokenizer_model",), "SFTTokenizer": ("tokenizer_model",),
+              "NullTokenizer": ("vocab_size",)}[kind]
     for field in needed:
         flag = "--" + field.replace("_", "-")
         value = getattr(cfg, field)
@@ -94,6 +96,16 @@ class DataConfig:
                                              "directory", group="tokenizer")
     vocab_size: int | None = flag(None, "ids of the NullTokenizer (--mock-data)", bounds=POSITIVE, group="tokenizer")
     num_workers: int = flag(2, "data loader worker processes", bounds=NON_NEGATIVE, group="data")
+    sft: bool = flag(False, "supervised fine-tuning: --data-path names JSONL files of chat rows ({\"messages\": "
+                            "[{\"role\", \"content\"}, ...]} or {\"input\", \"output\"}), packed into "
+                            "--seq-length samples, loss on assistant tokens only", group="data")
+    sft_tokenizer_prompt_format: str = flag("default", "default: the tokenizer's chat template; identity: the "
+                                            "messages' contents concatenated", choices=PROMPT_FORMATS,
+                                            group="tokenizer")
+    reset_position_ids: bool = flag(False, "restart position ids after each end-of-document token", group="data")
+    reset_attention_mask: bool = flag(False, "no attention across end-of-document tokens (block-diagonal causal "
+                                             "mask)", group="data")
+    eod_mask_loss: bool = flag(False, "no loss on predictions made from an end-of-document token", group="data")
 
     def __post_init__(self):
         if isinstance(self.data_path, str):
@@ -109,6 +121,8 @@ class DataConfig:
             raise ValueError(f"--num-workers: must be a non-negative integer, got {self.num_workers!r}")
         if self.mock_data and self.data_path:
             raise ValueError("--mock-data: cannot be combined with --data-path")
+        if self.sft:
+            self._check_sft()
         if self.mock_data and self.tokenizer_type is None:
             self.tokenizer_type = "NullTokenizer"
             self.vocab_size = self.vocab_size or MOCK_DEFAULT_VOCAB_SIZE
@@ -124,7 +138,19 @@ class DataConfig:
         if self.tokenizer_type is not None:
             check_tokenizer_flags(self)
 
+    def _check_sft(self) -> None:
+        if not self.data_path:
+            raise ValueError("--sft: needs --data-path FILE.jsonl (chat rows; weights as for pretraining data)")
+        if self.tokenizer_type != "SFTTokenizer":
+            raise ValueError("--sft: needs --tokenizer-type SFTTokenizer --tokenizer-model DIR (a local Hugging Face "
+                             f"tokenizer directory), got --tokenizer-type {self.tokenizer_type}")
+
     def _check_prefixes(self) -> None:
+        if self.sft:
+            for path in self.blend[0]:
+                if not os.path.isfile(path):
+                    raise ValueError(f"--data-path: no such JSONL file: {path}")
+            return
         for prefix in self.blend[0]:
             for suffix in (".idx", ".bin"):
                 if not os.path.isfile(prefix + suffix):

@@ -51,6 +51,13 @@ def compute_scale_tensor(amax: torch.Tensor, fmax: float, margin: int, previous:
     return torch.where(usable, scale, previous.float())
 
 
+def keep_overflow_visible(scale_inv: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
+    """``scale_inv``, made NaN where the cast saw an inf/NaN (``amax``): the cast saturates such values to
+    finite FP8 ones, and a GEMM with this operand must not turn an overflow into finite numbers (loss
+    scaling and the skipped-step rule rely on seeing it). Adds an exact 0 otherwise; no host sync."""
+    return scale_inv + (amax - amax)
+
+
 @dataclass
 class Fp8Recipe:
     """How activations and output gradients of the FP8 GEMMs are scaled (docs/design.md §2).

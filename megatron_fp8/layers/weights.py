@@ -29,13 +29,13 @@ def make_parameter(full: torch.Tensor, *, policy: PrecisionPolicy, fp8_eligible:
                    no_weight_decay: bool = False) -> nn.Parameter:
     """Split ``full`` (float32, full size) for this TP rank and store it in the policy's dtype.
 
-    FP8-eligible weights take ``policy.weight`` (FP16/FP8 storage gets a ``scale_inv`` attribute);
-    everything else takes the compute dtype.
+    FP8-eligible weights take ``policy.weight`` (FP16/FP8 storage at O1-O3 gets a ``scale_inv`` attribute);
+    everything else takes the compute dtype, plain (FP16 with ``--fp16`` too).
     """
     local = full.chunk(tp_size, dim=partition_dim)[tp_rank] if partition_dim is not None else full
     local = local.to(device=device, copy=True)  # a copy: a chunk view would keep the whole tensor alive
     dtype = policy.weight if fp8_eligible else policy.compute
-    if is_scaled(dtype):
+    if policy.stores_scale(fp8_eligible):
         q = Fp8Tensor.quantize_current(local, dtype)
         param = nn.Parameter(q.data, requires_grad=True)
         param.scale_inv = q.scale_inv

@@ -34,13 +34,14 @@ def _layer(config: Config, index: int, tp: int) -> list[ParamSpec]:
         out = [ParamSpec(f"{prefix}.{name}.weight", (h,))]
         return out + ([ParamSpec(f"{prefix}.{name}.bias", (h,))] if m.normalization == "LayerNorm" else [])
 
-    def linear(name, rows, cols, bias_rows):
+    def linear(name, rows, cols, bias_rows, bias=m.add_bias_linear):
         out = [ParamSpec(f"{prefix}.{name}.weight", (rows, cols), fp8_eligible=True)]
-        return out + ([ParamSpec(f"{prefix}.{name}.bias", (bias_rows,))] if m.add_bias_linear else [])
+        return out + ([ParamSpec(f"{prefix}.{name}.bias", (bias_rows,))] if bias else [])
 
+    qkv, attn = m.qkv_size // tp, m.num_attention_heads * m.head_dim // tp  # GQA: fewer K/V rows
     return (norm("input_layernorm")
-            + linear("self_attention.linear_qkv", 3 * h // tp, h, 3 * h // tp)
-            + linear("self_attention.linear_proj", h, h // tp, h)
+            + linear("self_attention.linear_qkv", qkv, h, qkv, bias=m.add_bias_linear or m.add_qkv_bias)
+            + linear("self_attention.linear_proj", h, attn, h)
             + norm("pre_mlp_layernorm")
             + linear("mlp.linear_fc1", fc1 // tp, h, fc1 // tp)
             + linear("mlp.linear_fc2", h, ffn // tp, h))

@@ -5,6 +5,7 @@ import os
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
@@ -45,7 +46,6 @@ def test_train_log_save_and_resume(tmp_path, capsys):
     (["--hidden-size", "65"], "--hidden-size 65 must be divisible by --num-attention-heads 4"),
     (["--fp8-level", "O4"], "argument --fp8-level: invalid choice: 'O4'"),
     (["--fp8-recipe", "magic"], "--fp8-recipe"),
-    (["--sequence-parallel"], "--sequence-parallel needs --tensor-model-parallel-size > 1"),
     (["--exp-avg-dtype", "int8"], "--exp-avg-dtype"),
     (["--fp8-level", "off", "--grad-reduce-dtype", "fp8"], "--grad-reduce-dtype fp8 needs"),
     (["--fp8-level", "O3", "--main-params-dtype", "fp16", "--exp-avg-dtype", "fp8"], None),
@@ -89,6 +89,25 @@ def test_megatron_flags_that_tune_other_implementations_are_reported():
     assert "--ckpt-format torch_dist: accepted" in notes and "context" not in notes  # size 1 asks for nothing
     assert config.precision.recipe.recipe == "current"  # Megatron's tensorwise is current scaling
     assert config.model.layernorm_epsilon == 1e-6 and config.data.split_fractions == (0.99, 0.01, 0.0)
+
+
+def test_sequence_parallel_without_tensor_parallelism_is_disabled_as_megatron_does():
+    """Megatron's Llama-3 script passes --sequence-parallel with TP 1: Megatron warns and turns it off."""
+    config = parse_config(TINY + ["--sequence-parallel"])
+    assert not config.parallel.sequence_parallel
+    assert "--sequence-parallel: disabled, --tensor-model-parallel-size is 1" in "\n".join(config.startup_notes)
+    assert parse_config(TINY + ["--sequence-parallel", "--tensor-model-parallel-size", "2"]).parallel.sequence_parallel
+
+
+def test_grad_reduce_in_bf16_maps_to_the_wire_dtype_of_the_baselines():
+    config = parse_config(TINY + ["--fp8-level", "off", "--grad-reduce-in-bf16"])
+    assert config.precision.policy.grad_reduce == torch.bfloat16
+    assert "--grad-reduce-in-bf16: data-parallel gradients travel in BF16" in "\n".join(config.startup_notes)
+    config = parse_config(TINY + ["--fp8-level", "O2", "--grad-reduce-in-bf16"])
+    assert config.precision.grad_reduce_dtype is None and config.precision.policy.grad_reduce == torch.float8_e4m3fn
+    assert "weight gradients are FP8 and reduced in FP8" in "\n".join(config.startup_notes)
+    with pytest.raises(SystemExit):
+        parse_config(TINY + ["--fp8-level", "off", "--grad-reduce-in-bf16", "--grad-reduce-dtype", "fp32"])
 
 
 def test_sequence_parallel_length_checked_before_any_work():
