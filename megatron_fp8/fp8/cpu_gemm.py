@@ -64,8 +64,10 @@ def scaled_mm(a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor, scale_b: 
               out_dtype: torch.dtype) -> torch.Tensor:
     """``(a @ b.T) * scale_a * scale_b`` for FP8 a [M, K], b [N, K]; scales 0-dim or [M, 1] / [1, N]."""
     out = torch.mm(decode(a), decode(b).t())
-    out.mul_(scale_a)
-    out.mul_(scale_b.reshape(1, -1) if scale_b.dim() else scale_b)
+    if scale_b.dim() == 0:  # tensorwise: one pass with the product of two powers of two (exact)
+        out.mul_(scale_a * scale_b)
+    else:
+        out.mul_(scale_a).mul_(scale_b.reshape(1, -1))
     return out if out_dtype == torch.float32 else out.to(out_dtype)
 
 
