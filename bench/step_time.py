@@ -15,6 +15,7 @@ import os
 import torch
 
 
+from cpu_gemm import cpu_flags
 from results_io import save_results
 from train_step import LEVELS, PlainGPT, bench_level, time_steps
 
@@ -66,7 +67,9 @@ def main(argv=None):
         r["vs_torchao_float8"] = r["step_time_s"] / ao if ao else None
         print(f"{name:16s} {r['step_time_s']:8.3f} {r['vs_plain_fp32']:14.2f} "
               f"{(r['vs_torchao_float8'] or float('nan')):15.2f}")
-    save_results(a.out, vars(a), results)
+    info = cpu_flags()
+    print(f"CPU: {info['model']} | flags: {' '.join(info['flags'])} | torch capability {info['torch_capability']}")
+    save_results(a.out, dict(vars(a), cpu=info), results)
 
 
 if __name__ == "__main__":
