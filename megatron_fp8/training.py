@@ -346,8 +346,10 @@ def _pretrain(config: Config, pstate: ParallelState, loads: bool, printer, start
         train_iters = trainer.plan.train_iters
         start_iteration = trainer.progress.iteration
         if start_iteration >= train_iters:
-            printer(f" > the checkpoint is at iteration {start_iteration}, which already reached the run's "
-                    f"{train_iters} iterations: nothing to train (raise --train-iters or --train-samples to continue)")
+            length = (f"--train-iters {train_iters}" if t.train_samples is None
+                      else f"--train-samples {t.train_samples} ({train_iters} iterations)")
+            printer(f" > the checkpoint is at iteration {start_iteration}, which already reached {length}: "
+                    f"nothing to train (raise {length.split()[0]} to continue)")
         guard = DivergenceGuard(t.check_for_nan_in_loss_and_grad, t.max_consecutive_skipped_iterations,
                                 pstate.is_last_stage, pstate.world_size, trainer.loss_scaler)
         print_startup(trainer, printer)
