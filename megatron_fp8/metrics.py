@@ -28,13 +28,24 @@ def weight_bytes(params) -> int:
 
 
 class ActivationMeter:
-    """Bytes of tensors saved for backward during a forward pass (each storage counted once)."""
+    """Bytes of tensors saved for backward during a forward pass (each storage counted once).
+
+    ``peak``: the most one micro-batch's forward keeps until its backward (with recomputation, what the
+    recomputed regions keep: their inputs). ``rebuilt_peak``: the most one recomputed region rebuilds
+    during backward (model/recompute.py reports it to the meter that measured its forward)."""
+
+    _measuring: list = []  # meters whose forward is running (innermost last)
 
     def __init__(self):
         self.peak = 0
+        self.rebuilt_peak = 0
+
+    @staticmethod
+    def current() -> "ActivationMeter | None":
+        return ActivationMeter._measuring[-1] if ActivationMeter._measuring else None
 
     @contextmanager
-    def measure(self):
+    def _saved(self):
         seen: dict[int, int] = {}
 
         def pack(t):
@@ -44,8 +55,24 @@ class ActivationMeter:
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            yield
+            yield seen
+
+    @contextmanager
+    def measure(self):
+        ActivationMeter._measuring.append(self)
+        try:
+            with self._saved() as seen:
+                yield
+        finally:
+            ActivationMeter._measuring.pop()
         self.peak = max(self.peak, sum(seen.values()))
+
+    @contextmanager
+    def measure_rebuild(self):
+        """Around a recomputed forward (during backward)."""
+        with self._saved() as seen:
+            yield
+        self.rebuilt_peak = max(self.rebuilt_peak, sum(seen.values()))
 
 
 def model_flops_per_iteration(m: ModelConfig, tokens: int) -> float:

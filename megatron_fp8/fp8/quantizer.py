@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch
 
-from . import kernels
+from . import kernels, replay
 from .blockwise import BLOCK_128x128, TILE_1x128, BlockwiseFp8Tensor
 from .formats import dtype_max, is_scaled
 from .reference import amax as tensor_amax
@@ -47,6 +47,11 @@ class TensorQuantizer:
             q_t = BlockwiseFp8Tensor.quantize(x.t(), TILE_1x128, self.dtype, self.recipe.margin) \
                 if with_transpose else None
             return q, q_t
+        tape = replay.active()
+        if tape is not None and tape[1]:  # a recomputed forward: the first forward's scale, no history update
+            scale, scale_inv = tape[0].take(self)
+            data, data_t, amax = _cast(x, scale, self.dtype, with_transpose)
+            return Fp8Tensor(data, scale_inv, amax), (Fp8Tensor(data_t, scale_inv) if with_transpose else None)
         agreed = None  # the group-wide amax, when this cast computes it up front
         if self.meta.delayed and self._has_history:
             scale = self.meta.scale.clone()
@@ -58,6 +63,8 @@ class TensorQuantizer:
         self.meta.record_amax(seen)
         self._has_history = True
         scale_inv = keep_overflow_visible(1.0 / scale, seen)
+        if tape is not None:
+            tape[0].record(self, scale, scale_inv)
         return Fp8Tensor(data, scale_inv, amax), (Fp8Tensor(data_t, scale_inv) if with_transpose else None)
 
     def state_dict(self) -> dict:
