@@ -18,8 +18,8 @@ RECOMPUTE = {
 }
 
 
-def _config(level: str, recipe: str, **recompute):
-    cfg = tiny_config(level, micro_batch_size=2, global_batch_size=4, **recompute)
+def _config(level: str, recipe: str, tp: int = 1, **recompute):
+    cfg = tiny_config(level, tp, sp=tp > 1, micro_batch_size=2, global_batch_size=4, **recompute)
     cfg.model = ModelConfig(num_layers=2, hidden_size=32, num_attention_heads=2, seq_length=16, vocab_size=VOCAB,
                             make_vocab_size_divisible_by=64, hidden_dropout=0.1, attention_dropout=0.1)  # masks replay
     cfg.precision.recipe = Fp8Recipe(recipe=recipe)
@@ -43,8 +43,8 @@ def _fp8_states(trainer) -> dict:
             if getattr(m, "fp8_state", None) is not None}
 
 
-def _run(cfg, steps: int = 2):
-    trainer = Trainer(cfg)
+def _run(cfg, steps: int = 2, pstate=None):
+    trainer = Trainer(cfg, pstate)
     losses = run_steps(trainer, PatternDataset(seq=cfg.model.seq_length), steps)
     return trainer, losses
 
