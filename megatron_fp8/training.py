@@ -214,7 +214,9 @@ class Trainer:
         opt = self.optimizer.nbytes()
         return {"weights": weight_bytes(self.params), "grads": self.grads.nbytes(), "master": opt["master"],
                 "exp_avg": opt["exp_avg"], "exp_avg_sq": opt["exp_avg_sq"],
-                "activations_peak": self.activations.peak}
+                "activations_peak": self.activations.peak,
+                **({"activations_rebuilt": self.activations.rebuilt_peak}
+                   if self.config.training.recompute_granularity else {})}
 
     def checkpoint_shards(self) -> dict:
         """The files this rank contributes to a checkpoint (see checkpoint.distributed)."""
