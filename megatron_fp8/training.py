@@ -37,6 +37,7 @@ from .optim.lr_scheduler import schedulers
 from .parallel import comm
 from .parallel.groups import init_distributed
 from .parallel.random import stage_seed
+from .process_memory import process_peaks
 from .parallel.state import ParallelState, single_process
 from .pipeline.schedules import forward_backward_1f1b, forward_backward_no_pipelining
 from .schedule import training_plan
@@ -312,7 +313,7 @@ def _log_record(trainer: Trainer, window: list, flops_per_token: float) -> dict:
               "skipped_iterations": p.skipped_iterations, "nan_iterations": p.nan_iterations,
               "step_time_s": seconds / len(window), "tokens_per_sec": tokens / seconds,
               "tflops": flops_per_token * tokens / seconds / 1e12 / trainer.pstate.world_size,
-              "mem": trainer.memory(), "comm": comm.COUNTER.take()}
+              "mem": {**trainer.memory(), **process_peaks(trainer.device)}, "comm": comm.COUNTER.take()}
     if trainer.loss_scaler is not None:
         record["loss_scale"] = trainer.loss_scaler.scale
     if last.decoupled_lr is not None:
