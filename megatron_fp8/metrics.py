@@ -27,6 +27,24 @@ def weight_bytes(params) -> int:
     return sum(_nbytes(p) + (4 if getattr(p, "scale_inv", None) is not None else 0) for p in params)
 
 
+def fp8_weight_cache_bytes(model: torch.nn.Module) -> int:
+    """The FP8 weight operands the FP8 linears cache between optimizer steps (fp8/linear.Fp8LinearState): the
+    storages they hold apart from the parameters themselves (an O3 weight is its own row-major operand)."""
+    own = set()
+    for p in model.parameters():
+        own.add(p.untyped_storage().data_ptr())
+        if getattr(p, "scale_inv", None) is not None:
+            own.add(p.scale_inv.untyped_storage().data_ptr())
+    seen: dict[int, int] = {}
+    for module in model.modules():
+        state = getattr(module, "fp8_state", None)
+        for operand in (getattr(state, "_weight", None) or ()):
+            for t in (getattr(operand, k, None) for k in ("data", "scale_inv", "amax")):
+                if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in own:
+                    seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(seen.values())
+
+
 class ActivationMeter:
     """Bytes of tensors saved for backward during a forward pass (each storage counted once).
 

@@ -24,7 +24,8 @@ from .divergence import DivergenceGuard
 from .exit_conditions import ExitConditions
 from .finetune import load_checkpoint
 from .layers.embedding import padded_vocab_size
-from .metrics import ActivationMeter, MetricsLogger, model_flops_per_iteration, weight_bytes
+from .metrics import (ActivationMeter, MetricsLogger, fp8_weight_cache_bytes, model_flops_per_iteration,
+                      weight_bytes)
 from .model import GPTModel
 from .optim.adamw import AdamWSettings, Fp8AdamW
 from .optim.distributed import DistributedOptimizer
@@ -215,7 +216,7 @@ class Trainer:
         opt = self.optimizer.nbytes()
         return {"weights": weight_bytes(self.params), "grads": self.grads.nbytes(), "master": opt["master"],
                 "exp_avg": opt["exp_avg"], "exp_avg_sq": opt["exp_avg_sq"],
-                "activations_peak": self.activations.peak,
+                "fp8_weight_cache": fp8_weight_cache_bytes(self.model), "activations_peak": self.activations.peak,
                 **({"activations_rebuilt": self.activations.rebuilt_peak}
                    if self.config.training.recompute_granularity else {})}
 

@@ -105,7 +105,9 @@ def test_single_process_plan_matches_trainer(name):
     measured, planned = measure(0, 1, {name: CASES[name]})[name]
     errors = compare(measured, planned)
     recompute = {"activations_rebuilt"} if "recompute" in name else set()
-    assert set(measured) == {"weights", "grads", "master", "exp_avg", "exp_avg_sq", "activations_peak", *recompute}
+    assert set(measured) == {"weights", "grads", "master", "exp_avg", "exp_avg_sq", "fp8_weight_cache",
+                             "activations_peak", *recompute}
+    assert (measured["fp8_weight_cache"] > 0) == (CASES[name][0] != "off")
     assert all(abs(e) <= TOLERANCE for e in errors.values()), (measured, planned)
 
 

@@ -55,7 +55,7 @@ class MemoryPlan:
 
     def as_trainer_memory(self) -> dict:
         """The figures in Trainer.memory()'s keys and meaning (activations_peak: one micro-batch, meter view)."""
-        out = {k: self.bytes[k] for k in STATE_KEYS}
+        out = {k: self.bytes[k] for k in STATE_KEYS + ("fp8_weight_cache",)}
         out["activations_peak"] = self.activations_kept_per_micro_batch + self.saved_params_configured
         if self.activations_rebuilt:
             out["activations_rebuilt"] = self.activations_rebuilt + self.saved_params_rebuilt
