@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -101,6 +102,7 @@ def main(argv=None):
     p.add_argument("--malloc-arena-max", type=int, default=None, help="MALLOC_ARENA_MAX for the workers")
     p.add_argument("--malloc-trim", action="store_true", help="malloc_trim(0) after every step")
     p.add_argument("--timeout", type=int, default=3600, help="seconds per configuration")
+    p.add_argument("--jobs", type=int, default=1, help="configurations run at once (each in its own process)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                                  "memory_peak.json"))
     a = p.parse_args(argv)
@@ -109,16 +111,18 @@ def main(argv=None):
         return
     from results_io import save_results
 
-    results = {}
-    for recompute in a.recompute.split(","):
-        for level in a.levels.split(","):
-            r = results[f"{level}/{recompute}"] = run_one(level, recompute, a)
-            base = results.get(f"off/{recompute}", r)["peak_rss"]
-            s = r["stages"]
-            print(f"{level:4s} recompute={recompute:9s} peak RSS {r['peak_rss'] / MB:8.1f} MB ({r['peak_rss'] / base:.2f}x "
-                  f"off) | categories {r['categories_total'] / MB:7.1f} MB | after import {s['imported']['rss'] / MB:6.1f}"
-                  f" | built {s['built']['rss'] / MB:7.1f} (HWM {s['built']['hwm'] / MB:7.1f}) | activations "
-                  f"{r['categories']['activations_peak'] / MB:6.1f} MB | loss {r['losses'][-1]:.4f}", flush=True)
+    runs = [(level, recompute) for recompute in a.recompute.split(",") for level in a.levels.split(",")]
+    with ThreadPoolExecutor(a.jobs) as pool:  # separate processes: their peaks never mix
+        futures = {run: pool.submit(run_one, *run, a) for run in runs}
+        results = {f"{level}/{recompute}": futures[(level, recompute)].result() for level, recompute in runs}
+    for key, r in results.items():
+        level, recompute = key.split("/")
+        base = results.get(f"off/{recompute}", r)["peak_rss"]
+        s = r["stages"]
+        print(f"{level:4s} recompute={recompute:9s} peak RSS {r['peak_rss'] / MB:8.1f} MB ({r['peak_rss'] / base:.2f}x "
+              f"off) | categories {r['categories_total'] / MB:7.1f} MB | after import {s['imported']['rss'] / MB:6.1f}"
+              f" | built {s['built']['rss'] / MB:7.1f} (HWM {s['built']['hwm'] / MB:7.1f}) | activations "
+              f"{r['categories']['activations_peak'] / MB:6.1f} MB | loss {r['losses'][-1]:.4f}", flush=True)
     save_results(a.out, {k: v for k, v in vars(a).items() if k not in ("worker", "level")}, results)
 
 
