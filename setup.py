@@ -66,6 +66,7 @@ setup(
         "hf": ["transformers", "tokenizers", "safetensors"],
         "tb": ["tensorboard"],
         "bench": ["torchao", "matplotlib"],
+        "plot": ["matplotlib"],  # tools/fp8_report.py --out PNG
     },
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -15,6 +15,7 @@ import os
 import torch
 
 
+from cpu_gemm import cpu_flags
 from results_io import save_results
 from train_step import LEVELS, PlainGPT, bench_level, time_steps
 
@@ -43,6 +44,9 @@ def main(argv=None):
     for name, default in [("layers", 4), ("hidden", 256), ("heads", 4), ("vocab", 8192), ("seq", 256),
                           ("batch", 8), ("steps", 5), ("bf16_steps", 1), ("threads", 2)]:
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int, default=default)
+    p.add_argument("--levels", default=",".join(LEVELS), help="comma-separated precision levels to time")
+    p.add_argument("--no-torchao", action="store_true",
+                   help="skip torchao's float8 baseline (its CPU GEMMs are torch._scaled_mm: very slow on some CPUs)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "step_time.json"))
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -50,11 +54,14 @@ def main(argv=None):
     tokens = torch.randint(0, a.vocab, (a.batch, a.seq))
     labels = torch.randint(0, a.vocab, (a.batch, a.seq))
     results = {"plain_fp32": bench_plain_variant(a, tokens, labels, "fp32", a.steps)}
-    try:
-        results["torchao_float8"] = bench_plain_variant(a, tokens, labels, "torchao_float8", a.steps)
-    except ImportError:
-        print("torchao not installed (pip install torchao): skipping its float8 baseline")
-    for level in LEVELS:
+    if a.no_torchao:
+        print("--no-torchao: skipping torchao's float8 baseline")
+    else:
+        try:
+            results["torchao_float8"] = bench_plain_variant(a, tokens, labels, "torchao_float8", a.steps)
+        except ImportError:
+            print("torchao not installed (pip install torchao): skipping its float8 baseline")
+    for level in a.levels.split(","):
         results[level] = bench_level(a, level, tokens, labels)
     if a.bf16_steps:
         results["bf16_autocast"] = bench_plain_variant(a, tokens, labels, "bf16_autocast", a.bf16_steps)
@@ -66,7 +73,9 @@ def main(argv=None):
         r["vs_torchao_float8"] = r["step_time_s"] / ao if ao else None
         print(f"{name:16s} {r['step_time_s']:8.3f} {r['vs_plain_fp32']:14.2f} "
               f"{(r['vs_torchao_float8'] or float('nan')):15.2f}")
-    save_results(a.out, vars(a), results)
+    info = cpu_flags()
+    print(f"CPU: {info['model']} | flags: {' '.join(info['flags'])} | torch capability {info['torch_capability']}")
+    save_results(a.out, dict(vars(a), cpu=info), results)
 
 
 if __name__ == "__main__":

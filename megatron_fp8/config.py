@@ -256,6 +256,13 @@ class TrainingConfig:
     async_save: bool = flag(False, "write checkpoints in the background from a snapshot while training goes on")
     log_json: str | None = flag(None, "write one JSON object per logged iteration to this file")
     tensorboard_dir: str | None = flag(None, "TensorBoard event directory")
+    # FP8 statistics (stats_collector.py, docs/design.md §7): every N-th iteration, per FP8 tensor
+    fp8_stats_interval: int = flag(0, "measure amax, scale, underflow, saturation and quantization error of every "
+                                      "FP8 tensor every N iterations (0: off, no cost)", bounds=NON_NEGATIVE)
+    fp8_stats_warn_underflow: float | None = flag(None, "warn for each FP8 tensor whose underflow fraction exceeds "
+                                                        "this", bounds=PROBABILITY)
+    fp8_stats_warn_saturation: float | None = flag(None, "warn for each FP8 tensor whose saturated fraction "
+                                                         "exceeds this", bounds=PROBABILITY)
     exit_interval: int | None = flag(None, "stop after an iteration divisible by this", bounds=POSITIVE)
     check_for_nan_in_loss_and_grad: bool = flag(True, "stop at a NaN loss or gradient norm (Megatron's default)",
                                                 negative="--no-check-for-nan-in-loss-and-grad")

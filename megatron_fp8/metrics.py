@@ -14,6 +14,7 @@ import torch
 
 from .config import ModelConfig
 from .fp8.gemm import FALLBACKS as GEMM_FALLBACKS
+from .stats_collector import log_line_part, tensorboard_scalars
 
 MB = 1024 * 1024
 
@@ -146,7 +147,8 @@ class MetricsLogger:
             f" number of skipped iterations: {rec['skipped_iterations']:3d} |"
             f" number of nan iterations: {rec['nan_iterations']:3d} |"
             f" mem (MB): {mem} | comm (MB): {comm} |"
-            + (f" fp8 gemm fallbacks: {sum(fallbacks.values())} |" if fallbacks else ""))
+            + (f" fp8 gemm fallbacks: {sum(fallbacks.values())} |" if fallbacks else "")
+            + (log_line_part(rec["fp8_stats"]) if rec.get("fp8_stats") else ""))
         if self.json_file:
             self.json_file.write(json.dumps(rec) + "\n")
             self.json_file.flush()
@@ -160,6 +162,8 @@ class MetricsLogger:
                 self.writer.add_scalar(f"mem/{key}", value, step)
             if fallbacks:
                 self.writer.add_scalar("fp8-gemm-fallbacks", sum(fallbacks.values()), step)
+            for tag, value in tensorboard_scalars(rec.get("fp8_stats") or {}).items():
+                self.writer.add_scalar(tag, value, rec.get("fp8_stats_iteration", step))
 
     def log_eval(self, iteration: int, loss: float, split: str = "validation") -> None:
         if not self.enabled:

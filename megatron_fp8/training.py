@@ -42,6 +42,7 @@ from .process_memory import process_peaks
 from .parallel.state import ParallelState, single_process
 from .pipeline.schedules import forward_backward_1f1b, forward_backward_no_pipelining
 from .schedule import training_plan
+from .stats_collector import Fp8StatsCollector
 
 
 def default_device() -> torch.device:
@@ -349,8 +350,10 @@ def _pretrain(config: Config, pstate: ParallelState, loads: bool, printer, start
         train_iters = trainer.plan.train_iters
         start_iteration = trainer.progress.iteration
         if start_iteration >= train_iters:
-            printer(f" > the checkpoint is at iteration {start_iteration}, which already reached the run's "
-                    f"{train_iters} iterations: nothing to train (raise --train-iters or --train-samples to continue)")
+            length = (f"--train-iters {train_iters}" if t.train_samples is None
+                      else f"--train-samples {t.train_samples} ({train_iters} iterations)")
+            printer(f" > the checkpoint is at iteration {start_iteration}, which already reached {length}: "
+                    f"nothing to train (raise {length.split()[0]} to continue)")
         guard = DivergenceGuard(t.check_for_nan_in_loss_and_grad, t.max_consecutive_skipped_iterations,
                                 pstate.is_last_stage, pstate.world_size, trainer.loss_scaler)
         print_startup(trainer, printer)
@@ -360,15 +363,17 @@ def _pretrain(config: Config, pstate: ParallelState, loads: bool, printer, start
         summary = {"train_losses": [], "valid_loss": None}
         flops_per_token = model_flops_per_iteration(config.model, 1)
         window, stop = [], None
+        fp8_stats = Fp8StatsCollector.for_trainer(trainer, printer)
         while trainer.progress.iteration < train_iters:
             p = trainer.progress
             start = time.perf_counter()
-            result = trainer.train_iteration(train_ds)
+            with fp8_stats.iteration(p.iteration + 1):  # --fp8-stats-interval (nothing at 0)
+                result = trainer.train_iteration(train_ds)
             guard.check(p.iteration, result.loss, result.grad_norm, result.skipped, last_saved)
             window.append((result, time.perf_counter() - start))
             summary["train_losses"].append(result.loss)
             if p.iteration % t.log_interval == 0 or p.iteration == train_iters:
-                logger.log_iteration(_log_record(trainer, window, flops_per_token))
+                logger.log_iteration({**_log_record(trainer, window, flops_per_token), **fp8_stats.take()})
                 window = []
             if valid_ds is not None and t.eval_iters and p.iteration % t.eval_interval == 0:
                 summary["valid_loss"] = trainer.evaluate(valid_ds, t.eval_iters)

@@ -103,7 +103,7 @@ def build_train_valid_test_datasets(cfg, tokenizer, train_samples, valid_samples
         for part in getattr(dataset, "datasets", [dataset]):
             if log is not None and getattr(part, "summary", None):
                 log(f" > SFT data, {part.summary}")
-    return datasets if cfg.sft else with_ltor_masks(datasets, cfg, tokenizer.eod)
+    return datasets if cfg.sft else with_ltor_masks(datasets, cfg, tokenizer)
 
 
 def rank_zero_first(build, rank=0, barrier=None):

@@ -44,9 +44,14 @@ class LtorDataset:
         return ltor_sample(self.dataset[idx]["text"], self.eod, *self.flags)
 
 
-def with_ltor_masks(datasets, cfg, eod: int):
-    """``datasets`` wrapped when any of --reset-position-ids, --reset-attention-mask, --eod-mask-loss is on."""
+def with_ltor_masks(datasets, cfg, tokenizer):
+    """``datasets`` wrapped when any of --reset-position-ids, --reset-attention-mask, --eod-mask-loss is on
+    (they need the tokenizer's end-of-document id)."""
     flags = (cfg.reset_position_ids, cfg.reset_attention_mask, cfg.eod_mask_loss)
     if not any(flags):
         return datasets
+    if tokenizer is None:
+        raise ValueError("--reset-position-ids, --reset-attention-mask and --eod-mask-loss need a tokenizer "
+                         "(its end-of-document token)")
+    eod = tokenizer.eod
     return tuple(None if d is None else LtorDataset(d, eod, *flags) for d in datasets)

@@ -60,11 +60,14 @@ class BlockwiseFp8Tensor:
             raise ValueError(f"GEMM operands need 128-wide tiles along K, got block {self.block}")
         return self.scale_inv.repeat_interleave(self.block[0], dim=0)[: self.data.shape[0]]
 
-    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def element_scale_inv(self) -> torch.Tensor:
+        """Each element's scale_inv: its tile's, expanded to the payload's shape."""
         rows, cols = self.data.shape
         bm, bk = self.block
-        full = self.scale_inv.repeat_interleave(bm, 0).repeat_interleave(bk, 1)[:rows, :cols]
-        return (self.data.float() * full).to(dtype)
+        return self.scale_inv.repeat_interleave(bm, 0).repeat_interleave(bk, 1)[:rows, :cols]
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return (self.data.float() * self.element_scale_inv()).to(dtype)
 
 
 def _tile_view(x: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:

@@ -12,11 +12,13 @@ from typing import Protocol
 import torch
 import torch.nn as nn
 
+from . import stats_points
 from .blockwise import TILE_1x128, BlockwiseFp8Tensor
 from .formats import E4M3, is_fp8, is_scaled
 from .gemm import blockwise_gemm, fp8_gemm
 from .quantizer import AmaxReduce, TensorQuantizer, weight_operands
 from .scaling import Fp8Recipe
+from .stats import RECORDER
 from .tensor import Fp8Tensor
 
 
@@ -48,6 +50,11 @@ class Fp8LinearState:
         self.grad_quantizer = TensorQuantizer(recipe.grad_dtype, recipe, device, amax_reduce)
         self._weight_key = None
         self._weight = None
+        self.stats_name: str | None = None  # the layer's name once statistics are on (--fp8-stats-interval)
+
+    def set_stats_name(self, layer: str) -> None:
+        self.stats_name = layer
+        self.input_quantizer.stats_name, self.grad_quantizer.stats_name = f"{layer}.input", f"{layer}.grad_output"
 
     def weight_operands(self, weight: torch.Tensor):
         key = (weight.data_ptr(), weight._version)
@@ -55,6 +62,8 @@ class Fp8LinearState:
             self._weight = weight_operands(weight, getattr(weight, "scale_inv", None), E4M3,
                                            self.recipe.recipe == "blockwise", self.recipe.margin)
             self._weight_key = key
+            if RECORDER.active and self.stats_name and weight.dtype != E4M3:  # O3: the optimizer cast it
+                stats_points.weight_operand(self.stats_name, weight, self._weight[0])
         return self._weight
 
     def quantize_input(self, x2d: torch.Tensor, need_transpose: bool):
@@ -88,6 +97,8 @@ def accumulate_weight_grad(weight: torch.Tensor, wgrad: torch.Tensor, margin: in
             raise RuntimeError("an FP8/FP16-with-scale weight needs a main_grad buffer for its gradient")
         return wgrad.to(weight.dtype)
     if isinstance(main_grad, Fp8Tensor):
+        if RECORDER.active:
+            stats_points.wgrad(weight, main_grad, wgrad, margin)
         main_grad.accumulate_(wgrad, margin)
     else:
         main_grad.add_(wgrad.to(main_grad.dtype))

@@ -14,6 +14,7 @@ from .blockwise import BLOCK_128x128, TILE_1x128, BlockwiseFp8Tensor
 from .formats import dtype_max, is_scaled
 from .reference import amax as tensor_amax
 from .scaling import Fp8Recipe, ScalingMeta, compute_scale_tensor, keep_overflow_visible
+from .stats import RECORDER
 from .tensor import Fp8Tensor
 
 AmaxReduce = Callable[[torch.Tensor], torch.Tensor]
@@ -32,6 +33,7 @@ class TensorQuantizer:
         self.meta = ScalingMeta(dtype_max(dtype), meta_recipe, recipe.amax_history_len,
                                 recipe.amax_compute_algo, recipe.margin, device)
         self._has_history = False  # delayed scaling casts with current scaling until it has an amax
+        self.stats_name: str | None = None  # set by the statistics collector (--fp8-stats-interval)
 
     @property
     def blockwise(self) -> bool:
@@ -41,14 +43,19 @@ class TensorQuantizer:
         return self.amax_reduce(amax) if self.amax_reduce is not None else amax
 
     def quantize(self, x: torch.Tensor, with_transpose: bool = True):
-        """Return ``(q, q_t)``: ``x`` [M, K] as an FP8 GEMM operand, and (if asked) ``x.T`` [K, M]."""
+        """Return ``(q, q_t)``: ``x`` [M, K] as an FP8 GEMM operand, and (if asked) ``x.T`` [K, M]. In a
+        recomputed forward (fp8/replay.py) the first forward's scale is reused and nothing is recorded."""
+        tape = replay.active()
+        replaying = tape is not None and tape[1]
         if self.blockwise:
             q = BlockwiseFp8Tensor.quantize(x, TILE_1x128, self.dtype, self.recipe.margin)
             q_t = BlockwiseFp8Tensor.quantize(x.t(), TILE_1x128, self.dtype, self.recipe.margin) \
                 if with_transpose else None
+            if RECORDER.active and self.stats_name and not replaying:  # both casts (tiles along K) count
+                for values, cast in ((x, q), (x.t(), q_t)) if q_t is not None else ((x, q),):
+                    RECORDER.record(self.stats_name, values, 1.0 / cast.element_scale_inv(), self.dtype)
             return q, q_t
-        tape = replay.active()
-        if tape is not None and tape[1]:  # a recomputed forward: the first forward's scale, no history update
+        if replaying:  # the first forward's scale; no history update, no statistics
             scale, scale_inv = tape[0].take(self)
             data, data_t, amax = _cast(x, scale, self.dtype, with_transpose)
             return Fp8Tensor(data, scale_inv, amax), (Fp8Tensor(data_t, scale_inv) if with_transpose else None)
@@ -58,6 +65,8 @@ class TensorQuantizer:
         else:  # current scaling, and the first cast of a delayed recipe (a scale of 1 would underflow)
             agreed = self._reduce(tensor_amax(x))
             scale = self.meta.scale_for(agreed)
+        if RECORDER.active and self.stats_name:
+            RECORDER.record(self.stats_name, x, scale, self.dtype)
         data, data_t, amax = _cast(x, scale, self.dtype, with_transpose)
         seen = agreed if agreed is not None else self._reduce(amax)
         self.meta.record_amax(seen)

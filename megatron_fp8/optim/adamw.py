@@ -12,8 +12,9 @@ import torch
 import torch.nn as nn
 
 from ..config import PrecisionPolicy
-from ..fp8 import kernels
+from ..fp8 import kernels, stats_points
 from ..fp8.formats import is_scaled
+from ..fp8.stats import RECORDER
 from ..fp8.tensor import Fp8Tensor
 from ..layers.weights import real_value
 
@@ -109,7 +110,10 @@ class Fp8AdamW:
             hyper = kernels.AdamWHyper(lr=decoupled_lr if decoupled else lr, beta1=s.beta1, beta2=s.beta2,
                                        eps=s.eps, weight_decay=decay, step=self.step_count, grad_scale=grad_scale,
                                        margin=s.margin)
-            kernels.adamw_step([self.state[n].kernel_tensors(p) for n, p in group], hyper)
+            tensors = [self.state[n].kernel_tensors(p) for n, p in group]
+            if RECORDER.active:  # --fp8-stats-interval: the states this step stores, before it stores them
+                stats_points.adamw([(p, t) for (_, p), t in zip(group, tensors)], hyper)
+            kernels.adamw_step(tensors, hyper)
             for n, p in group:
                 if self.state[n].copy_back:
                     self.state[n].copy_master_to(p)

@@ -12,8 +12,9 @@ wire dtype (FP32 or BF16), or the same owner reduction when only the owner needs
 
 import torch
 
-from ..fp8 import kernels
+from ..fp8 import kernels, stats_points
 from ..fp8.formats import E4M3
+from ..fp8.stats import RECORDER
 from ..fp8.tensor import Fp8Tensor
 from ..parallel import comm
 from ..parallel.state import ParallelState
@@ -103,8 +104,11 @@ class BucketReduction:
                     total += shards[i].float()
                 self._flat(k).copy_(total.mul_(1.0 / self.n))
                 continue
-            out, scale_inv, amax = kernels.sum_shards(shards.contiguous().view(E4M3), meta_all[:, k, 0].contiguous(), E4M3,
-                                                      1.0 / self.n, self.margin, g.scale_inv)
+            fp8_shards, scale_invs = shards.contiguous().view(E4M3), meta_all[:, k, 0].contiguous()
+            if RECORDER.active:  # --fp8-stats-interval: the owner's requantization of the sum
+                stats_points.dp_grad(g, fp8_shards, scale_invs, 1.0 / self.n, E4M3, self.margin, g.scale_inv)
+            out, scale_inv, amax = kernels.sum_shards(fp8_shards, scale_invs, E4M3, 1.0 / self.n, self.margin,
+                                                      g.scale_inv)
             finite = torch.isfinite(meta_all[:, k, 1]).all()
             g.data.copy_(out.reshape(g.data.shape))
             g.scale_inv.copy_(scale_inv)

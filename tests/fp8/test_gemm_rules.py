@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 
-from megatron_fp8.fp8 import gemm, gemm_rules
+from megatron_fp8.fp8 import cpu_gemm, gemm, gemm_rules
 from megatron_fp8.fp8.blockwise import BLOCK_128x128, TILE_1x128, BlockwiseFp8Tensor
 from megatron_fp8.fp8.formats import E4M3, E5M2
 from megatron_fp8.fp8.tensor import Fp8Tensor
@@ -35,6 +35,13 @@ def legal_under_cublaslt(a, b, scale_a=None, scale_b=None, out_dtype=None, **kw)
         assert scale_a.shape == (a.shape[0], 1) and scale_b.shape == (1, b.shape[1]), (scale_a.shape, scale_b.shape)
         assert scale_a.is_contiguous() and scale_b.is_contiguous() and out_dtype == torch.bfloat16
     return REAL_SCALED_MM(a, b, scale_a=scale_a, scale_b=scale_b, out_dtype=out_dtype, **kw)
+
+
+@pytest.fixture(autouse=True)
+def scaled_mm_path(monkeypatch):
+    """These tests are about ``torch._scaled_mm`` and its fallback, so the CPU takes that path here too
+    (the decoded CPU path of :mod:`megatron_fp8.fp8.cpu_gemm` has tests of its own)."""
+    monkeypatch.setenv(cpu_gemm.ENV, "scaled_mm")
 
 
 @pytest.fixture

@@ -118,7 +118,9 @@ def test_blockwise_gemm_matches_dequantized_matmul(m, k, n):
 
 
 def test_fallback_when_scaled_mm_refuses(monkeypatch, caplog):
-    from megatron_fp8.fp8 import gemm
+    from megatron_fp8.fp8 import cpu_gemm, gemm
+
+    monkeypatch.setenv(cpu_gemm.ENV, "scaled_mm")  # the CPU's own decoded path would never ask _scaled_mm
 
     def refuse(*args, **kwargs):
         raise RuntimeError("shape not supported")

@@ -1,0 +1,106 @@
+"""The decoded CPU FP8 GEMM (decode to float32, ``torch.mm``, scales after) against ``torch._scaled_mm``.
+
+FP8 x FP8 products are exact in float32 and the scales are powers of two, so the two may differ only in
+float32 summation order. Tolerance: two orders of the same K-term sum each lie within (K-1) u sum|terms|
+of the exact sum (u = 2^-24), so they differ by at most 2 K u (|A| @ |B|^T) elementwise; a BF16 output
+may then round one BF16 ulp apart (2^-8 relative). Where every partial sum is itself exact (small
+integer values), the results must be bit-identical. Shapes are odd and small: ``_scaled_mm`` on CPU
+is a slow reference loop.
+"""
+
+import pytest
+import torch
+
+from megatron_fp8.fp8 import cpu_gemm, gemm, gemm_rules
+from megatron_fp8.fp8.blockwise import BLOCK_128x128, TILE_1x128, BlockwiseFp8Tensor
+from megatron_fp8.fp8.formats import E4M3, E5M2
+from megatron_fp8.fp8.tensor import Fp8Tensor
+
+U = 2.0 ** -24
+
+
+def quantized(m, k, dtype, rowwise, seed, scale=1.0):
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed)) * scale
+    return Fp8Tensor.quantize_rowwise(x, dtype) if rowwise else Fp8Tensor.quantize_current(x, dtype)
+
+
+def bound(a_deq, b_deq, k):
+    return 2 * max(k, 1) * U * (a_deq.abs() @ b_deq.abs().t())
+
+
+def run(path, monkeypatch, fn, *args):
+    monkeypatch.setenv(cpu_gemm.ENV, path)
+    return fn(*args)
+
+
+@pytest.mark.parametrize("m,k,n", [(7, 33, 5), (1, 1, 1), (3, 130, 9)])
+@pytest.mark.parametrize("a_dtype,b_dtype,rowwise", [(E4M3, E4M3, False), (E5M2, E4M3, False),
+                                                     (E5M2, E5M2, True), (E4M3, E5M2, True)])
+def test_decoded_matches_scaled_mm_up_to_summation_order(monkeypatch, m, k, n, a_dtype, b_dtype, rowwise):
+    a = quantized(m, k, a_dtype, rowwise, seed=1, scale=3.0)
+    b = quantized(n, k, b_dtype, rowwise, seed=2, scale=0.02)
+    for out_dtype in (torch.float32, torch.bfloat16):
+        ref = run("scaled_mm", monkeypatch, gemm.fp8_gemm, a, b, out_dtype)
+        out = run("decode", monkeypatch, gemm.fp8_gemm, a, b, out_dtype)
+        assert out.dtype == ref.dtype == out_dtype and out.shape == (m, n)
+        tol = bound(a.dequantize(), b.dequantize(), k)
+        if out_dtype == torch.bfloat16:
+            tol = tol + 2.0 ** -8 * ref.float().abs()
+        assert ((out.float() - ref.float()).abs() <= tol).all(), (out, ref)
+
+
+def test_empty_m(monkeypatch):
+    a, b = quantized(0, 8, E4M3, False, 1), quantized(4, 8, E5M2, False, 2)
+    ref = run("scaled_mm", monkeypatch, gemm.fp8_gemm, a, b)
+    out = run("decode", monkeypatch, gemm.fp8_gemm, a, b)
+    assert out.shape == ref.shape == (0, 4)
+
+
+@pytest.mark.parametrize("rowwise", [False, True])
+def test_exact_sums_are_bit_identical(monkeypatch, rowwise):
+    """Small integers times power-of-two scales: every partial sum is exact, so any order gives the same bits."""
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randint(-4, 5, (9, 37), generator=gen).float()
+    b = torch.randint(-4, 5, (6, 37), generator=gen).float() * 0.25
+    qa = Fp8Tensor.quantize_rowwise(a, E4M3) if rowwise else Fp8Tensor.quantize_current(a, E4M3)
+    qb = Fp8Tensor.quantize_rowwise(b, E5M2) if rowwise else Fp8Tensor.quantize_current(b, E5M2)
+    assert torch.equal(qa.dequantize(), a) and torch.equal(qb.dequantize(), b)  # the operands are exact
+    ref = run("scaled_mm", monkeypatch, gemm.fp8_gemm, qa, qb)
+    out = run("decode", monkeypatch, gemm.fp8_gemm, qa, qb)
+    assert torch.equal(out, ref) and torch.equal(out, a @ b.t())
+
+
+@pytest.mark.parametrize("m,k,n", [(5, 300, 3), (2, 128, 130)])
+def test_blockwise_decoded_matches_chunked_scaled_mm(monkeypatch, m, k, n):
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(m, k, generator=gen) * torch.logspace(-3, 3, k)  # outliers: the tile scales differ
+    w = torch.randn(n, k, generator=gen) * 0.02
+    a = BlockwiseFp8Tensor.quantize(x, TILE_1x128, E4M3)
+    b = BlockwiseFp8Tensor.quantize(w, BLOCK_128x128, E4M3)
+    ref = run("scaled_mm", monkeypatch, gemm.blockwise_gemm, a, b)
+    out = run("decode", monkeypatch, gemm.blockwise_gemm, a, b)
+    assert ((out - ref).abs() <= bound(a.dequantize(), b.dequantize(), k)).all()
+
+
+def test_path_choice_and_env_var(monkeypatch):
+    calls = []
+    real = torch._scaled_mm
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "_scaled_mm", spy)
+    a, b = quantized(4, 16, E4M3, False, 5), quantized(3, 16, E4M3, False, 6)
+    for path, expected in (("auto", 0), ("decode", 0), ("scaled_mm", 1)):
+        calls.clear()
+        run(path, monkeypatch, gemm.fp8_gemm, a, b)
+        assert len(calls) == expected, path
+    monkeypatch.setenv(cpu_gemm.ENV, "auto")
+    monkeypatch.setattr(gemm_rules, "FORCED", gemm_rules.CUBLASLT)  # CUDA's rules emulated: _scaled_mm runs
+    assert not cpu_gemm.use_decode(torch.device("cpu"))
+    monkeypatch.setattr(gemm_rules, "FORCED", None)
+    assert cpu_gemm.use_decode(torch.device("cpu")) and not cpu_gemm.use_decode(torch.device("meta"))
+    monkeypatch.setenv(cpu_gemm.ENV, "bf16-please")
+    with pytest.raises(ValueError, match=cpu_gemm.ENV):
+        gemm.fp8_gemm(a, b)
