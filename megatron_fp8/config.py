@@ -292,9 +292,20 @@ class TrainingConfig:
     no_load_rng: bool = flag(False, "do not load the RNG state from --load")
     no_save_optim: bool = flag(False, "write checkpoints without optimizer state")
     no_save_rng: bool = flag(False, "write checkpoints without RNG state")
+    # activation recomputation (Megatron's flags; model/recompute.py)
+    recompute_activations: bool = flag(False, "recompute the attention core in backward (= --recompute-granularity "
+                                              "selective)")
+    recompute_granularity: str | None = flag(None, "full: recompute whole transformer layers; selective: the "
+                                                   "attention core", choices=("full", "selective"))
+    recompute_method: str | None = flag(None, "with full granularity: uniform (groups of --recompute-num-layers "
+                                              "layers) or block (the first --recompute-num-layers layers of each "
+                                              "stage)", choices=("uniform", "block"))
+    recompute_num_layers: int | None = flag(None, "layers per recomputed group (uniform) or recomputed layers per "
+                                                  "pipeline stage (block)", bounds=POSITIVE)
 
     def __post_init__(self):
         check_fields(self)
+        self._resolve_recompute()
         if self.seed >= 2 ** 32:
             raise ValueError(f"--seed must be below 2**32, got {self.seed}")
         self._resolve_batch()
@@ -313,6 +324,22 @@ class TrainingConfig:
             raise ValueError("--use-checkpoint-args needs --load DIR (the checkpoint to take the model from)")
         if self.finetune and self.load is None:
             raise ValueError("--finetune needs --load DIR (the checkpoint whose weights to fine-tune)")
+
+    def _resolve_recompute(self) -> None:
+        """Megatron's rules: --recompute-activations means selective; full needs a method and a layer count;
+        selective takes neither."""
+        if self.recompute_activations:
+            if self.recompute_granularity == "full":
+                raise ValueError("--recompute-activations (selective) conflicts with --recompute-granularity full")
+            self.recompute_granularity = "selective"
+        g = self.recompute_granularity
+        if g == "full" and (self.recompute_method is None or self.recompute_num_layers is None):
+            raise ValueError("--recompute-granularity full needs --recompute-method uniform|block and "
+                             "--recompute-num-layers N")
+        if g != "full" and (self.recompute_method is not None or self.recompute_num_layers is not None):
+            what = "--recompute-method" if self.recompute_method is not None else "--recompute-num-layers"
+            raise ValueError(f"{what} needs --recompute-granularity full (selective recomputation recomputes "
+                             "the attention core of every layer)")
 
     def _resolve_batch(self) -> None:
         if self.rampup_batch_size is not None and self.step_batch_size_schedule is not None:
@@ -391,6 +418,9 @@ class Config:
              "each tensor-parallel rank holds whole query groups"),
             (m.num_layers % pp == 0,
              f"--num-layers {m.num_layers} is not divisible by --pipeline-model-parallel-size {pp}"),
+            (t.recompute_num_layers is None or t.recompute_num_layers <= max(1, m.num_layers // pp),
+             f"--recompute-num-layers {t.recompute_num_layers} must be between 1 and the layers per pipeline "
+             f"stage ({m.num_layers // pp})"),
             # fc2's input columns, and each of SwiGLU's two fc1 blocks
             (m.ffn_hidden_size % tp == 0,
              f"--ffn-hidden-size {m.ffn_hidden_size} is not divisible by --tensor-model-parallel-size {tp}"),

@@ -28,14 +28,43 @@ def weight_bytes(params) -> int:
     return sum(_nbytes(p) + (4 if getattr(p, "scale_inv", None) is not None else 0) for p in params)
 
 
+def fp8_weight_cache_bytes(model: torch.nn.Module) -> int:
+    """The FP8 weight operands the FP8 linears cache between optimizer steps (fp8/linear.Fp8LinearState): the
+    storages they hold apart from the parameters themselves (an O3 weight is its own row-major operand)."""
+    own = set()
+    for p in model.parameters():
+        own.add(p.untyped_storage().data_ptr())
+        if getattr(p, "scale_inv", None) is not None:
+            own.add(p.scale_inv.untyped_storage().data_ptr())
+    seen: dict[int, int] = {}
+    for module in model.modules():
+        state = getattr(module, "fp8_state", None)
+        for operand in (getattr(state, "_weight", None) or ()):
+            for t in (getattr(operand, k, None) for k in ("data", "scale_inv", "amax")):
+                if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in own:
+                    seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(seen.values())
+
+
 class ActivationMeter:
-    """Bytes of tensors saved for backward during a forward pass (each storage counted once)."""
+    """Bytes of tensors saved for backward during a forward pass (each storage counted once).
+
+    ``peak``: the most one micro-batch's forward keeps until its backward (with recomputation, what the
+    recomputed regions keep: their inputs). ``rebuilt_peak``: the most one recomputed region rebuilds
+    during backward (model/recompute.py reports it to the meter that measured its forward)."""
+
+    _measuring: list = []  # meters whose forward is running (innermost last)
 
     def __init__(self):
         self.peak = 0
+        self.rebuilt_peak = 0
+
+    @staticmethod
+    def current() -> "ActivationMeter | None":
+        return ActivationMeter._measuring[-1] if ActivationMeter._measuring else None
 
     @contextmanager
-    def measure(self):
+    def _saved(self):
         seen: dict[int, int] = {}
 
         def pack(t):
@@ -45,8 +74,24 @@ class ActivationMeter:
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            yield
+            yield seen
+
+    @contextmanager
+    def measure(self):
+        ActivationMeter._measuring.append(self)
+        try:
+            with self._saved() as seen:
+                yield
+        finally:
+            ActivationMeter._measuring.pop()
         self.peak = max(self.peak, sum(seen.values()))
+
+    @contextmanager
+    def measure_rebuild(self):
+        """Around a recomputed forward (during backward)."""
+        with self._saved() as seen:
+            yield
+        self.rebuilt_peak = max(self.rebuilt_peak, sum(seen.values()))
 
 
 def model_flops_per_iteration(m: ModelConfig, tokens: int) -> float:

@@ -24,7 +24,8 @@ from .divergence import DivergenceGuard
 from .exit_conditions import ExitConditions
 from .finetune import load_checkpoint
 from .layers.embedding import padded_vocab_size
-from .metrics import ActivationMeter, MetricsLogger, model_flops_per_iteration, weight_bytes
+from .metrics import (ActivationMeter, MetricsLogger, fp8_weight_cache_bytes, model_flops_per_iteration,
+                      weight_bytes)
 from .model import GPTModel
 from .optim.adamw import AdamWSettings, Fp8AdamW
 from .optim.distributed import DistributedOptimizer
@@ -37,6 +38,7 @@ from .optim.lr_scheduler import schedulers
 from .parallel import comm
 from .parallel.groups import init_distributed
 from .parallel.random import stage_seed
+from .process_memory import process_peaks
 from .parallel.state import ParallelState, single_process
 from .pipeline.schedules import forward_backward_1f1b, forward_backward_no_pipelining
 from .schedule import training_plan
@@ -215,7 +217,9 @@ class Trainer:
         opt = self.optimizer.nbytes()
         return {"weights": weight_bytes(self.params), "grads": self.grads.nbytes(), "master": opt["master"],
                 "exp_avg": opt["exp_avg"], "exp_avg_sq": opt["exp_avg_sq"],
-                "activations_peak": self.activations.peak}
+                "fp8_weight_cache": fp8_weight_cache_bytes(self.model), "activations_peak": self.activations.peak,
+                **({"activations_rebuilt": self.activations.rebuilt_peak}
+                   if self.config.training.recompute_granularity else {})}
 
     def checkpoint_shards(self) -> dict:
         """The files this rank contributes to a checkpoint (see checkpoint.distributed)."""
@@ -311,7 +315,7 @@ def _log_record(trainer: Trainer, window: list, flops_per_token: float) -> dict:
               "skipped_iterations": p.skipped_iterations, "nan_iterations": p.nan_iterations,
               "step_time_s": seconds / len(window), "tokens_per_sec": tokens / seconds,
               "tflops": flops_per_token * tokens / seconds / 1e12 / trainer.pstate.world_size,
-              "mem": trainer.memory(), "comm": comm.COUNTER.take()}
+              "mem": {**trainer.memory(), **process_peaks(trainer.device)}, "comm": comm.COUNTER.take()}
     if trainer.loss_scaler is not None:
         record["loss_scale"] = trainer.loss_scaler.scale
     if last.decoupled_lr is not None:

@@ -43,6 +43,15 @@ CASES = {
     "off mqa dropout layernorm-1p": ("off", 1, 1, False, False, dict(
         group_query_attention=True, num_query_groups=1, attention_dropout=0.1, apply_layernorm_1p=True)),
     "off fp16": ("off", 1, 1, False, False, dict(fp16=True, loss_scale=1024.0)),  # plain FP16 + FP32 masters
+    # recomputation: what the first forward keeps and what one recomputed region rebuilds in backward
+    "O2 recompute full uniform": ("O2", 1, 1, False, False, dict(
+        num_layers=3, recompute_granularity="full", recompute_method="uniform", recompute_num_layers=2)),
+    "off recompute full block dropout": ("off", 1, 1, False, False, dict(
+        num_layers=3, hidden_dropout=0.1, attention_dropout=0.1, recompute_granularity="full",
+        recompute_method="block", recompute_num_layers=2)),
+    "O3 recompute selective rope dropout": ("O3", 1, 1, False, False, dict(
+        position_embedding_type="rope", attention_dropout=0.1, recompute_granularity="selective")),
+    "off recompute selective": ("off", 1, 1, False, False, dict(recompute_granularity="selective")),
 }
 DIST_CASES = {
     "TP2xDP2+SP O2 distopt dropout": ("O2", 2, 1, True, True, dict(hidden_dropout=0.1, attention_dropout=0.1)),
@@ -63,7 +72,7 @@ def make_config(level, tp, pp, sp, distopt, changes, world: int = 1) -> Config:
     cfg.precision.loss_scale = changes.pop("loss_scale", None)
     cfg.precision.recipe.recipe = changes.pop("recipe", "delayed")
     for key, value in changes.items():
-        setattr(cfg.model, key, value)
+        setattr(cfg.training if key.startswith("recompute_") else cfg.model, key, value)
     cfg.model.ffn_hidden_size = 4 * cfg.model.hidden_size
     cfg.model.num_layers = max(cfg.model.num_layers, 2 * pp)
     cfg.parallel.use_distributed_optimizer = distopt
@@ -95,7 +104,10 @@ def measure(rank: int, world: int, cases: dict) -> dict:
 def test_single_process_plan_matches_trainer(name):
     measured, planned = measure(0, 1, {name: CASES[name]})[name]
     errors = compare(measured, planned)
-    assert set(measured) == {"weights", "grads", "master", "exp_avg", "exp_avg_sq", "activations_peak"}
+    recompute = {"activations_rebuilt"} if "recompute" in name else set()
+    assert set(measured) == {"weights", "grads", "master", "exp_avg", "exp_avg_sq", "fp8_weight_cache",
+                             "activations_peak", *recompute}
+    assert (measured["fp8_weight_cache"] > 0) == (CASES[name][0] != "off")
     assert all(abs(e) <= TOLERANCE for e in errors.values()), (measured, planned)
 
 

@@ -33,7 +33,9 @@ def parse_args(argv=None):
     g.add_argument("--world-size", type=int, default=None, help="GPUs in the job (default: TP x PP)")
     g.add_argument("--gpu-memory-gb", type=float, default=80.0, help="memory per GPU in GiB (2^30 bytes)")
     g.add_argument("--gpus-per-node", type=int, default=8, help="largest TP the --largest-fitting search tries")
-    g.add_argument("--recompute", action="store_true", help="full-layer recomputation: keep only layer inputs")
+    g.add_argument("--recompute", action="store_true", help="plan every layer recomputed (keep only layer inputs) "
+                   "whatever --recompute-granularity/--recompute-method/--recompute-num-layers say (which are "
+                   "planned as given otherwise)")
     g.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
                    help="whose kernels save what (fused dropout/attention on cuda)")
     g.add_argument("--compare-levels", action="store_true", help=f"plan {', '.join(COMPARED_LEVELS)} side by side")

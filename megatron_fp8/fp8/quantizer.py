@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch
 
-from . import kernels
+from . import kernels, replay
 from .blockwise import BLOCK_128x128, TILE_1x128, BlockwiseFp8Tensor
 from .formats import dtype_max, is_scaled
 from .reference import amax as tensor_amax
@@ -43,15 +43,22 @@ class TensorQuantizer:
         return self.amax_reduce(amax) if self.amax_reduce is not None else amax
 
     def quantize(self, x: torch.Tensor, with_transpose: bool = True):
-        """Return ``(q, q_t)``: ``x`` [M, K] as an FP8 GEMM operand, and (if asked) ``x.T`` [K, M]."""
+        """Return ``(q, q_t)``: ``x`` [M, K] as an FP8 GEMM operand, and (if asked) ``x.T`` [K, M]. In a
+        recomputed forward (fp8/replay.py) the first forward's scale is reused and nothing is recorded."""
+        tape = replay.active()
+        replaying = tape is not None and tape[1]
         if self.blockwise:
             q = BlockwiseFp8Tensor.quantize(x, TILE_1x128, self.dtype, self.recipe.margin)
             q_t = BlockwiseFp8Tensor.quantize(x.t(), TILE_1x128, self.dtype, self.recipe.margin) \
                 if with_transpose else None
-            if RECORDER.active and self.stats_name:  # both casts (tiles along K of each GEMM) count
+            if RECORDER.active and self.stats_name and not replaying:  # both casts (tiles along K) count
                 for values, cast in ((x, q), (x.t(), q_t)) if q_t is not None else ((x, q),):
                     RECORDER.record(self.stats_name, values, 1.0 / cast.element_scale_inv(), self.dtype)
             return q, q_t
+        if replaying:  # the first forward's scale; no history update, no statistics
+            scale, scale_inv = tape[0].take(self)
+            data, data_t, amax = _cast(x, scale, self.dtype, with_transpose)
+            return Fp8Tensor(data, scale_inv, amax), (Fp8Tensor(data_t, scale_inv) if with_transpose else None)
         agreed = None  # the group-wide amax, when this cast computes it up front
         if self.meta.delayed and self._has_history:
             scale = self.meta.scale.clone()
@@ -65,6 +72,8 @@ class TensorQuantizer:
         self.meta.record_amax(seen)
         self._has_history = True
         scale_inv = keep_overflow_visible(1.0 / scale, seen)
+        if tape is not None:
+            tape[0].record(self, scale, scale_inv)
         return Fp8Tensor(data, scale_inv, amax), (Fp8Tensor(data_t, scale_inv) if with_transpose else None)
 
     def state_dict(self) -> dict:

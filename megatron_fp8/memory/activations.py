@@ -102,16 +102,31 @@ def _attention(config: Config, sh: Shapes, cuda: bool) -> int:
     return 2 * local * FP32 + v + 3 * sh.batch * sh.heads * sh.seq * sh.seq * FP32
 
 
-def layer_bytes(config: Config, cuda: bool) -> int:
-    """One transformer layer, one micro-batch, everything kept (no recomputation)."""
+def _attention_inputs(config: Config, sh: Shapes) -> int:
+    """What selective recomputation keeps of the attention core: q, k, v (views of the QKV output, or the
+    RoPE'd / regrouped copies)."""
+    local, kv = sh.tokens * sh.heads * sh.head_dim, sh.tokens * sh.groups * sh.head_dim
+    copies = local + kv if config.model.position_embedding_type == "rope" else \
+        (local if sh.heads != sh.groups > 1 else 0)
+    return (local + 2 * kv + copies) * sh.elem
+
+
+def attention_core_bytes(config: Config, cuda: bool) -> int:
+    """What the attention core (SDPA) saves: what selective recomputation rebuilds in backward."""
+    return _attention(config, shapes(config), cuda)
+
+
+def layer_bytes(config: Config, cuda: bool, selective: bool = False) -> int:
+    """One transformer layer, one micro-batch: everything kept (no recomputation), or with ``selective``
+    what selective recomputation keeps (the core's inputs instead of what it saves)."""
     m, sh = config.model, shapes(config)
     tokens, ffn_local, h_local = sh.tokens, sh.ffn // sh.tp, sh.heads * sh.head_dim
     total = 2 * _norm(config, sh, cuda)
     total += _linear_input(config, sh, tokens, sh.hidden)  # QKV (whole sequence)
-    total += _attention(config, sh, cuda)
+    total += _attention_inputs(config, sh) if selective else _attention(config, sh, cuda)
     # attention output projection; at ``off`` its input is SDPA's output, already kept where the CPU fused
     # kernel writes it sequence-major (the reshape is a view), a fresh copy otherwise
-    view = not config.precision.policy.fp8_gemm and not cuda and m.attention_dropout == 0
+    view = not config.precision.policy.fp8_gemm and not cuda and m.attention_dropout == 0 and not selective
     total += 0 if view else _linear_input(config, sh, tokens, h_local)
     total += _linear_input(config, sh, tokens, sh.hidden)  # fc1 (whole sequence)
     total += tokens * ffn_local * sh.elem * (3 if m.swiglu else 1)  # GeLU input / fc1 output + silu output
@@ -150,6 +165,22 @@ def layer_input_bytes(config: Config) -> int:
     """What full-layer recomputation keeps of each layer: its input."""
     sh = shapes(config)
     return sh.stream * sh.elem
+
+
+def recompute_split(config: Config, layers: int, cuda: bool) -> tuple[int, int, int, int]:
+    """A stage of ``layers`` layers under the configured recomputation (model/recompute.py), one micro-batch:
+    (bytes the layers keep until backward, bytes one recomputed region rebuilds, layers whose parameters ops
+    save in the first forward, layers of the largest recomputed region)."""
+    t = config.training
+    one = layer_bytes(config, cuda)
+    if t.recompute_granularity == "selective":
+        return layers * layer_bytes(config, cuda, selective=True), attention_core_bytes(config, cuda), layers, 0
+    if t.recompute_granularity != "full":
+        return layers * one, 0, layers, 0
+    n = min(t.recompute_num_layers, layers)
+    if t.recompute_method == "uniform":
+        return -(-layers // n) * layer_input_bytes(config), n * one, 0, n
+    return n * layer_input_bytes(config) + (layers - n) * one, one, layers - n, 1
 
 
 def saved_param_bytes(config: Config, layers: int, last: bool, cuda: bool) -> int:

@@ -33,7 +33,12 @@ class MemoryPlan:
     activations_full: int  # no recomputation, all micro-batches in flight
     activations_recompute: int  # full-layer recomputation: layer inputs kept, one layer live
     activations_per_micro_batch: int  # one forward, no recomputation (what ActivationMeter measures)
+    activations_configured: int  # as the --recompute-* flags say (= activations_full without them)
+    activations_kept_per_micro_batch: int  # one forward under the --recompute-* flags (the meter's peak)
+    activations_rebuilt: int  # the largest region recomputation rebuilds in backward (0 without)
     saved_params: int  # parameters/buffers ops save for backward: counted by the meter, no extra memory
+    saved_params_configured: int  # the same under the --recompute-* flags (recomputed layers save none)
+    saved_params_rebuilt: int  # those a rebuilt region saves
     params_total: int  # the whole model
     eligible_params: int  # FP8-eligible parameters on this GPU
     eligible_state_bytes: int  # weights + grads + master + moments of those parameters on this GPU
@@ -50,8 +55,10 @@ class MemoryPlan:
 
     def as_trainer_memory(self) -> dict:
         """The figures in Trainer.memory()'s keys and meaning (activations_peak: one micro-batch, meter view)."""
-        out = {k: self.bytes[k] for k in STATE_KEYS}
-        out["activations_peak"] = self.activations_per_micro_batch + self.saved_params
+        out = {k: self.bytes[k] for k in STATE_KEYS + ("fp8_weight_cache",)}
+        out["activations_peak"] = self.activations_kept_per_micro_batch + self.saved_params_configured
+        if self.activations_rebuilt:
+            out["activations_rebuilt"] = self.activations_rebuilt + self.saved_params_rebuilt
         return out
 
     def to_dict(self) -> dict:
@@ -60,8 +67,9 @@ class MemoryPlan:
         return d
 
 
-def _stage_activations(config: Config, pp_rank: int, in_flight: int, cuda: bool) -> tuple[int, int, int, int]:
-    """(per micro-batch, full schedule, with recomputation, saved parameters) for one stage."""
+def _stage_activations(config: Config, pp_rank: int, in_flight: int, cuda: bool) -> dict:
+    """One stage's activations: per micro-batch and over the schedule, without recomputation, with every
+    layer recomputed, and as the config's --recompute-* flags say (kept in flight + one rebuilt region)."""
     pp = config.parallel.pipeline_model_parallel_size
     layers = config.model.num_layers // pp
     first, last = pp_rank == 0, pp_rank == pp - 1
@@ -69,13 +77,20 @@ def _stage_activations(config: Config, pp_rank: int, in_flight: int, cuda: bool)
     one_layer = act.layer_bytes(config, cuda)
     per_micro = layers * one_layer + ends
     recompute = in_flight * (layers * act.layer_input_bytes(config) + ends) + one_layer
-    saved = act.saved_param_bytes(config, layers, last, cuda) + act.rope_bytes(config)
-    return per_micro, in_flight * per_micro, recompute, saved
+    kept, rebuilt, saved_layers, rebuilt_layers = act.recompute_split(config, layers, cuda)
+    rope = act.rope_bytes(config)
+    return dict(activations_per_micro_batch=per_micro, activations_full=in_flight * per_micro,
+                activations_recompute=recompute, activations_configured=in_flight * (kept + ends) + rebuilt,
+                activations_kept_per_micro_batch=kept + ends, activations_rebuilt=rebuilt,
+                saved_params=act.saved_param_bytes(config, layers, last, cuda) + rope,
+                saved_params_configured=act.saved_param_bytes(config, saved_layers, last, cuda) + rope,
+                saved_params_rebuilt=act.saved_param_bytes(config, rebuilt_layers, False, cuda))
 
 
 def plan_memory(config: Config, world_size: int, device: str = "cuda", recompute: bool = False,
                 pp_rank: int | None = None, dp_rank: int | None = None) -> MemoryPlan:
-    """Plan one GPU: the fullest one unless ``pp_rank``/``dp_rank`` pick a rank.
+    """Plan one GPU: the fullest one unless ``pp_rank``/``dp_rank`` pick a rank. Activations follow the
+    config's --recompute-* flags; ``recompute=True`` plans every layer recomputed whatever they say.
 
     ``config.model.vocab_size`` must be the padded vocabulary (as GPTModel sees it). ``device`` selects
     the kernels whose saved tensors differ (fused dropout and attention on ``cuda``).
@@ -91,16 +106,15 @@ def plan_memory(config: Config, world_size: int, device: str = "cuda", recompute
     for r in range(pp) if pp_rank is None else [pp_rank]:
         params = stage_params(config, r)
         in_flight = min(pp - r, micro_batches) if pp > 1 else 1
-        per_micro, full, with_recompute, saved = _stage_activations(config, r, in_flight, cuda)
+        stage = _stage_activations(config, r, in_flight, cuda)
         fixed = {"fp8_weight_cache": fp8_weight_cache(params, policy, blockwise),
                  "fp8_scaling_state": fp8_scaling_state(params, policy, config.precision.recipe.amax_history_len),
-                 "activations": with_recompute if recompute else full}
+                 "activations": stage["activations_recompute" if recompute else "activations_configured"]}
         ranks = model_states(params, policy, dp, p.use_distributed_optimizer)
         eligible = model_states(params, policy, dp, p.use_distributed_optimizer, eligible_only=True)
         for d in range(dp) if dp_rank is None else [dp_rank]:
             candidates.append(dict(
-                bytes={**ranks[d], **fixed}, pp_rank=r, dp_rank=d, in_flight=in_flight, activations_full=full,
-                activations_recompute=with_recompute, activations_per_micro_batch=per_micro, saved_params=saved,
+                bytes={**ranks[d], **fixed}, pp_rank=r, dp_rank=d, in_flight=in_flight, **stage,
                 eligible_params=sum(q.numel() for q in params if q.fp8_eligible),
                 eligible_state_bytes=sum(eligible[d].values())))
         stage_totals.append(max(sum(c["bytes"].values()) for c in candidates if c["pp_rank"] == r))

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from ..config import Config
 from ..layers.linear import ColumnParallelLinear, RowParallelLinear, output_layer_std
 from ..parallel.state import ParallelState
+from .recompute import active, recompute
 from .rope import apply_rope
 
 
@@ -23,6 +24,7 @@ class SelfAttention(nn.Module):
         self.groups_local = m.query_groups // pstate.tp_size
         self.head_dim = m.head_dim
         self.dropout, self.pstate = m.attention_dropout, pstate
+        self.recompute_core = config.training.recompute_granularity == "selective"
         bias = m.add_bias_linear
         self.linear_qkv = ColumnParallelLinear(m.hidden_size, m.qkv_size, config, pstate, f"{prefix}.linear_qkv",
                                                bias=bias or m.add_qkv_bias, device=device)
@@ -47,13 +49,19 @@ class SelfAttention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))  # [b, heads or groups, s, head_dim]
+        if self.recompute_core and active(self):
+            out = recompute(self._core, self.pstate, q, k, v, attention_mask)
+        else:
+            out = self._core(q, k, v, attention_mask)
+        out = out.permute(2, 0, 1, 3).reshape(s, b, self.heads_local * self.head_dim)
+        return self.linear_proj(out)
+
+    def _core(self, q, k, v, attention_mask):
+        """Softmax(q k^T) v with attention dropout: the part --recompute-activations recomputes."""
         dropout_p = self.dropout if self.training else 0.0
         gqa = {"enable_gqa": True} if self.groups_local != self.heads_local else {}
         mask = dict(is_causal=True) if attention_mask is None else dict(attn_mask=attention_mask)
         if dropout_p > 0 and self.pstate.rng is not None and self.pstate.tp_size > 1:
             with self.pstate.rng.fork():  # heads are split across TP ranks: draw per-rank masks
-                out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, **mask, **gqa)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, **mask, **gqa)
-        out = out.permute(2, 0, 1, 3).reshape(s, b, self.heads_local * self.head_dim)
-        return self.linear_proj(out)
+                return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, **mask, **gqa)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, **mask, **gqa)

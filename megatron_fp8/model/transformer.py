@@ -9,6 +9,7 @@ from ..parallel.random import dropout
 from ..parallel.state import ParallelState
 from .attention import SelfAttention
 from .mlp import MLP
+from .recompute import active, recompute, recomputed_layers
 
 
 def sequence_parallel(config: Config, pstate: ParallelState) -> bool:
@@ -45,8 +46,23 @@ class TransformerBlock(nn.Module):
         self.layers = nn.ModuleList(TransformerLayer(config, pstate, first + i, device) for i in range(per_stage))
         self.final_layernorm = Norm(config.model.hidden_size, config, device, sequence_parallel(config, pstate)) \
             if pstate.is_last_stage else None
+        t = config.training
+        self.runs = recomputed_layers(t.recompute_granularity, t.recompute_method, t.recompute_num_layers, per_stage)
+        self.pstate = pstate
+
+    def _run(self, start: int, end: int):
+        def run(x, cos, sin, attention_mask):
+            rope = (cos, sin) if cos is not None else None
+            for layer in self.layers[start:end]:
+                x = layer(x, rope, attention_mask)
+            return x
+        return run
 
     def forward(self, x: torch.Tensor, rope=None, attention_mask=None) -> torch.Tensor:
-        for layer in self.layers:
-            x = layer(x, rope, attention_mask)
+        cos, sin = rope if rope is not None else (None, None)
+        for start, end, recomputed in self.runs:
+            if recomputed and active(self):
+                x = recompute(self._run(start, end), self.pstate, x, cos, sin, attention_mask)
+            else:
+                x = self._run(start, end)(x, cos, sin, attention_mask)
         return self.final_layernorm(x) if self.final_layernorm is not None else x

@@ -32,11 +32,16 @@ def test_train_log_save_and_resume(tmp_path, capsys):
         assert key in train[0]
     assert set(train[0]["mem"]) >= {"weights", "grads", "master", "exp_avg", "exp_avg_sq", "activations_peak"}
     assert train[0]["mem"]["activations_peak"] > 0
+    categories = sum(v for k, v in train[0]["mem"].items() if not k.startswith("peak_"))
+    assert train[0]["mem"]["peak_rss"] > categories  # the process peak (VmHWM), beside the categories
     assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == "4"
 
+    # resumed with full recomputation of every layer (Megatron's flags): the log shows what it rebuilds
     pretrain_gpt.main(TINY + ["--train-iters", "6", "--load", str(ckpt), "--save", str(ckpt),
-                              "--data-cache-path", str(tmp_path / "cache")])
+                              "--data-cache-path", str(tmp_path / "cache"), "--recompute-granularity", "full",
+                              "--recompute-method", "uniform", "--recompute-num-layers", "1"])
     out = capsys.readouterr().out
+    assert " activations_rebuilt=" in out and " peak_rss=" in out
     assert "loaded checkpoint" in out and "iteration        6/       6 |" in out
     assert "iteration        2/" not in out
     assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == "6"
@@ -51,6 +56,8 @@ def test_train_log_save_and_resume(tmp_path, capsys):
     (["--fp8-level", "O3", "--main-params-dtype", "fp16", "--exp-avg-dtype", "fp8"], None),
     (["--min-lr", "1", "--lr", "0.1"], "--min-lr"),
     (["--save-interval", "5"], "--save-interval needs --save"),
+    (["--recompute-granularity", "full"], "--recompute-granularity full needs --recompute-method"),
+    (["--recompute-method", "block"], "--recompute-method needs --recompute-granularity full"),
     (["--seq-length", "64", "--max-position-embeddings", "32"], "--seq-length 64 exceeds"),
     # every single-flag bound, checked before any work (issue 17 item 8)
     (["--global-batch-size", "-4"], "--global-batch-size must be positive, got -4"),
