@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import torch
 
 from .config import ModelConfig
+from .layers.weights import param_info
 
 MB = 1024 * 1024
 
@@ -23,7 +24,7 @@ def _nbytes(t: torch.Tensor) -> int:
 
 def weight_bytes(params) -> int:
     """Parameter storage plus the scale each FP16/FP8 weight carries."""
-    return sum(_nbytes(p) + (4 if getattr(p, "scale_inv", None) is not None else 0) for p in params)
+    return sum(_nbytes(p) + (4 if param_info(p).scale_inv is not None else 0) for p in params)
 
 
 class ActivationMeter:

@@ -19,6 +19,7 @@ from .checkpoint.state import load_model_state, model_state, rng_state
 from .config import Config
 from .data import build_tokenizer, build_train_valid_test_datasets, resolve_default_corpus
 from .layers.embedding import padded_vocab_size
+from .layers.weights import param_info
 from .metrics import ActivationMeter, MetricsLogger, model_flops_per_iteration, weight_bytes
 from .model import GPTModel
 from .optim.adamw import AdamWSettings, Fp8AdamW
@@ -214,7 +215,7 @@ def build_data(config: Config, pstate: ParallelState, printer=print):
 def print_startup(trainer: Trainer, printer) -> None:
     policy, cfg = trainer.policy, trainer.config
     total = sum(p.numel() for p in trainer.params)
-    eligible = sum(p.numel() for p in trainer.params if p.fp8_eligible)
+    eligible = sum(p.numel() for p in trainer.params if param_info(p).fp8_eligible)
     printer(f" > number of parameters: {total} ({eligible} FP8-eligible in linear layers)")
     printer(f" > precision: --fp8-level {cfg.precision.fp8_level} | compute {policy.compute} | weight "
             f"{policy.weight} | grad {policy.grad} | master {policy.master or 'weight'} | exp_avg {policy.exp_avg} | "

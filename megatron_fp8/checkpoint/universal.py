@@ -13,10 +13,9 @@ import shutil
 import torch
 
 from ..config import Config
-from ..fp8.formats import is_scaled
 from ..fp8.reference import load as load_stored
-from ..fp8.tensor import Fp8Tensor
 from ..layers.embedding import padded_vocab_size
+from ..layers.weights import assign_value, param_info, stored_copy
 from ..model import GPTModel
 from ..optim.adamw import AdamWSettings, Fp8AdamW
 from ..optim.ownership import assign_param_owners
@@ -59,9 +58,7 @@ def read_universal(root: str) -> dict:
                 if name is None:
                     continue
                 entry = pieces.setdefault(name, {"dim": info["dim"], "stacked": info["stacked"]})
-                value = model["params"][local].float()
-                if f"{local}:scale_inv" in model["params"]:
-                    value = value * model["params"][f"{local}:scale_inv"]
+                value = load_stored(model["params"][local], model["params"].get(f"{local}:scale_inv"))
                 entry.setdefault("param", {})[tp_rank] = value
                 for key in STATE_KEYS:
                     real = _real(optim_params.get(local, {}), key)
@@ -85,24 +82,11 @@ def _stage(layout: dict, pp_rank: int) -> ParallelState:
     return ParallelState(tp_size=layout["tp"], pp_size=layout["pp"], pp_rank=pp_rank)
 
 
-def _assign(param: torch.nn.Parameter, values: torch.Tensor) -> None:
-    """Store real ``values`` into a parameter in its own storage dtype (fresh scale when scaled)."""
-    with torch.no_grad():
-        if is_scaled(param.dtype):
-            q = Fp8Tensor.quantize_current(values, param.dtype)
-            param.copy_(q.data)
-            param.scale_inv.copy_(q.scale_inv)
-        else:
-            param.copy_(values.to(param.dtype))
-
-
 def _store_state(stored: torch.Tensor, sinv: torch.Tensor | None, values: torch.Tensor) -> None:
+    data, scale_inv = stored_copy(values, stored.dtype)
+    stored.copy_(data)
     if sinv is not None:
-        q = Fp8Tensor.quantize_current(values, stored.dtype)
-        stored.copy_(q.data)
-        sinv.copy_(q.scale_inv)
-    else:
-        stored.copy_(values.to(stored.dtype))
+        sinv.copy_(scale_inv)
 
 
 def _full_value(universal: dict, name: str, rows: int, key: str | None = None) -> torch.Tensor | None:
@@ -139,7 +123,8 @@ def write_layout(universal: dict, config: Config, tp: int, pp: int, dp: int, roo
                 # the master copy, where the source kept one, is more precise than the model weight
                 full = _full_value(universal, name, m.vocab_size, "master")
                 full = full if full is not None else _full_value(universal, name, m.vocab_size)
-                _assign(p, shard(full, getattr(p, "partition_dim", None), tp_rank, tp, getattr(p, "tp_stacked", 1)))
+                info = param_info(p)
+                assign_value(p, shard(full, info.partition_dim, tp_rank, tp, info.tp_stacked))
             for module, mod in model.named_modules():
                 saved = universal["fp8"].get(_global_module(module, pstate, m.num_layers))
                 if getattr(mod, "fp8_state", None) is not None and saved is not None:
@@ -180,7 +165,7 @@ def _optimizer_for(universal, config, owned, pstate, num_layers, tied) -> Fp8Ada
     for local, p in owned:
         name = global_name(local, pstate, num_layers, tied) or "embedding.word_embeddings.weight"
         st = opt.state[local]
-        dim, stacked = getattr(p, "partition_dim", None), getattr(p, "tp_stacked", 1)
+        dim, stacked = param_info(p).partition_dim, param_info(p).tp_stacked
         for key in STATE_KEYS:
             stored = getattr(st, key)
             full = _full_value(universal, name, config.model.vocab_size, key)

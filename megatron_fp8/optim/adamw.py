@@ -15,7 +15,7 @@ from ..config import PrecisionPolicy
 from ..fp8 import kernels
 from ..fp8.formats import is_scaled
 from ..fp8.tensor import Fp8Tensor
-from ..layers.weights import real_value
+from ..layers.weights import master_dtype, param_info, real_value, stored_copy
 
 
 @dataclass
@@ -32,23 +32,16 @@ def _scaled_zeros(shape, dtype, device) -> tuple[torch.Tensor, torch.Tensor | No
     return torch.zeros(shape, dtype=dtype, device=device), sinv
 
 
-def _stored_copy(values: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if is_scaled(dtype):
-        q = Fp8Tensor.quantize_current(values, dtype)
-        return q.data, q.scale_inv
-    return values.to(dtype), None
-
-
 class ParamState:
     """One parameter's optimizer state: separate master (or None), moments, and their scale_invs."""
 
     STATE_NAMES = ("master", "master_sinv", "exp_avg", "exp_avg_sinv", "exp_avg_sq", "exp_avg_sq_sinv")
 
     def __init__(self, param: nn.Parameter, policy: PrecisionPolicy):
-        eligible = getattr(param, "fp8_eligible", False)
-        master_dtype = policy.master if eligible else (None if param.dtype == torch.float32 else torch.float32)
-        self.master, self.master_sinv = (_stored_copy(real_value(param), master_dtype)
-                                         if master_dtype is not None else (None, None))
+        eligible = param_info(param).fp8_eligible
+        master = master_dtype(policy, eligible)
+        self.master, self.master_sinv = (stored_copy(real_value(param), master)
+                                         if master is not None else (None, None))
         self.exp_avg, self.exp_avg_sinv = _scaled_zeros(param.shape, policy.exp_avg if eligible else torch.float32,
                                                         param.device)
         self.exp_avg_sq, self.exp_avg_sq_sinv = _scaled_zeros(
@@ -57,7 +50,7 @@ class ParamState:
     def kernel_tensors(self, param: nn.Parameter) -> kernels.AdamWTensors:
         grad = param.main_grad
         grad_data, grad_sinv = (grad.data, grad.scale_inv) if isinstance(grad, Fp8Tensor) else (grad, None)
-        weight, weight_sinv = param.detach(), getattr(param, "scale_inv", None)
+        weight, weight_sinv = param.detach(), param_info(param).scale_inv
         common = dict(grad=grad_data, grad_sinv=grad_sinv, exp_avg=self.exp_avg, exp_avg_sinv=self.exp_avg_sinv,
                       exp_avg_sq=self.exp_avg_sq, exp_avg_sq_sinv=self.exp_avg_sq_sinv)
         if self.master is None:
@@ -91,7 +84,7 @@ class Fp8AdamW:
         s = self.settings
         groups = {True: [], False: []}
         for name, p in self.named_params:
-            groups[not getattr(p, "no_weight_decay", False)].append((name, p))
+            groups[not param_info(p).no_weight_decay].append((name, p))
         for decays, group in groups.items():
             if not group:
                 continue

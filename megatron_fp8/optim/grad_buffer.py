@@ -19,12 +19,13 @@ from ..config import PrecisionPolicy
 from ..fp8.formats import is_fp8
 from ..fp8.linear import accumulate_weight_grad
 from ..fp8.tensor import Fp8Tensor
+from ..layers.weights import param_info
 from ..parallel.state import ParallelState
 from .dp_reduce import BucketReduction
 
 
 def grad_dtype(param: nn.Parameter, policy: PrecisionPolicy) -> torch.dtype:
-    return policy.grad if getattr(param, "fp8_eligible", False) else torch.float32
+    return policy.grad if param_info(param).fp8_eligible else torch.float32
 
 
 class Bucket:
