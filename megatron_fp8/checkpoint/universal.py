@@ -27,6 +27,7 @@ from .state import FORMAT, config_summary, model_state
 
 VOCAB_ROWS = ("embedding.word_embeddings.weight", "output_layer.weight")
 STATE_KEYS = ("master", "exp_avg", "exp_avg_sq")
+MOMENTS = ("exp_avg", "exp_avg_sq")  # the master is seeded by assign_value in write_layout
 
 
 def _real(stored: dict, key: str) -> torch.Tensor | None:
@@ -120,7 +121,8 @@ def write_layout(universal: dict, config: Config, tp: int, pp: int, dp: int, roo
             named = list(model.named_parameters())
             for local, p in named:
                 name = global_name(local, pstate, m.num_layers, tied) or "embedding.word_embeddings.weight"
-                # the master copy, where the source kept one, is more precise than the model weight
+                # the master copy, where the source kept one, is more precise than the model weight; the
+                # value assigned here also seeds the target's master (an `off` FP32 weight seeds O3's)
                 full = _full_value(universal, name, m.vocab_size, "master")
                 full = full if full is not None else _full_value(universal, name, m.vocab_size)
                 info = param_info(p)
@@ -166,10 +168,10 @@ def _optimizer_for(universal, config, owned, pstate, num_layers, tied) -> Fp8Ada
         name = global_name(local, pstate, num_layers, tied) or "embedding.word_embeddings.weight"
         st = opt.state[local]
         dim, stacked = param_info(p).partition_dim, param_info(p).tp_stacked
-        for key in STATE_KEYS:
+        for key in MOMENTS:
             stored = getattr(st, key)
             full = _full_value(universal, name, config.model.vocab_size, key)
-            if stored is None or full is None:
-                continue  # no separate master here (the weight is the master), or none saved
+            if full is None:
+                continue  # none saved (an HF import): the moments start at zero
             _store_state(stored, getattr(st, f"{key}_sinv"), shard(full, dim, pstate.tp_rank, pstate.tp_size, stacked))
     return opt

@@ -34,6 +34,12 @@ class ParamInfo:
     ``sequence_parallel``: used on sequence shards, so each TP rank holds part of its gradient.
     ``shared_embedding``: one stage's copy of the word embedding tied across pipeline stages.
     ``scale_inv``: the storage scale of FP16/FP8 storage (real = stored * scale_inv); None otherwise.
+    ``master_dtype``: storage of the optimizer's separate master copy; None where the parameter is its
+    own master.
+    ``initial_master``: the full-precision value the parameter was last given (initialisation, import,
+    conversion), already in the master's storage, until the optimizer takes it as its master (see
+    :meth:`take_initial_master`): a master starts from the value, not from its rounding to the
+    parameter's storage (issue 18). Held only between building the model and building the optimizer.
     """
 
     fp8_eligible: bool = False
@@ -43,6 +49,13 @@ class ParamInfo:
     sequence_parallel: bool = False
     shared_embedding: bool = False
     scale_inv: torch.Tensor | None = None
+    master_dtype: torch.dtype | None = None
+    initial_master: Stored | None = None
+
+    def take_initial_master(self) -> Stored | None:
+        """Hand the initial master over (the optimizer keeps it as its master); the record drops it."""
+        value, self.initial_master = self.initial_master, None
+        return value
 
 
 def param_info(param) -> ParamInfo:
@@ -68,11 +81,11 @@ def master_dtype(policy: PrecisionPolicy, fp8_eligible: bool) -> torch.dtype | N
 
 
 def stored_copy(values: torch.Tensor, dtype: torch.dtype) -> Stored:
-    """Float ``values`` in ``dtype`` storage (scaled storage gets a fresh current scale)."""
+    """Float ``values`` in new ``dtype`` storage (scaled storage gets a fresh current scale)."""
     if is_scaled(dtype):
         q = Fp8Tensor.quantize_current(values, dtype)
         return q.data, q.scale_inv
-    return values.to(dtype), None
+    return values.to(dtype, copy=True), None
 
 
 def make_parameter(full: torch.Tensor, *, policy: PrecisionPolicy, fp8_eligible: bool, device=None,
@@ -92,20 +105,23 @@ def make_parameter(full: torch.Tensor, *, policy: PrecisionPolicy, fp8_eligible:
     param.info = ParamInfo(
         fp8_eligible=fp8_eligible, partition_dim=split, tp_stacked=stacked if split == 0 else 1,
         no_weight_decay=no_weight_decay, sequence_parallel=sequence_parallel, shared_embedding=shared_embedding,
-        scale_inv=torch.ones((), dtype=torch.float32, device=device) if is_scaled(dtype) else None)
+        scale_inv=torch.ones((), dtype=torch.float32, device=device) if is_scaled(dtype) else None,
+        master_dtype=master_dtype(policy, fp8_eligible))
     assign_value(param, local)
     return param
 
 
 def assign_value(param: nn.Parameter, values: torch.Tensor) -> None:
     """Store float ``values`` (initialisation, import, conversion) into the parameter's own storage with
-    a fresh scale."""
+    a fresh scale, and keep them in the master's storage as the master's starting point."""
     info = param_info(param)
     data, scale_inv = stored_copy(values, param.dtype)
     with torch.no_grad():
         param.copy_(data)
         if scale_inv is not None:
             info.scale_inv.copy_(scale_inv)
+    if info.master_dtype is not None:
+        info.initial_master = stored_copy(values.to(param.device), info.master_dtype)
 
 
 def real_value(param: torch.Tensor) -> torch.Tensor:

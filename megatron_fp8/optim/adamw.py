@@ -15,7 +15,7 @@ from ..config import PrecisionPolicy
 from ..fp8 import kernels
 from ..fp8.formats import is_scaled
 from ..fp8.tensor import Fp8Tensor
-from ..layers.weights import master_dtype, param_info, real_value, stored_copy
+from ..layers.weights import master_dtype, param_info
 
 
 @dataclass
@@ -33,15 +33,24 @@ def _scaled_zeros(shape, dtype, device) -> tuple[torch.Tensor, torch.Tensor | No
 
 
 class ParamState:
-    """One parameter's optimizer state: separate master (or None), moments, and their scale_invs."""
+    """One parameter's optimizer state: separate master (or None), moments, and their scale_invs.
+
+    A separate master is the full-precision value the parameter was given, which the parameter's record
+    holds until now (never the parameter's own, coarser storage: issue 18).
+    """
 
     STATE_NAMES = ("master", "master_sinv", "exp_avg", "exp_avg_sinv", "exp_avg_sq", "exp_avg_sq_sinv")
 
-    def __init__(self, param: nn.Parameter, policy: PrecisionPolicy):
-        eligible = param_info(param).fp8_eligible
-        master = master_dtype(policy, eligible)
-        self.master, self.master_sinv = (stored_copy(real_value(param), master)
-                                         if master is not None else (None, None))
+    def __init__(self, name: str, param: nn.Parameter, policy: PrecisionPolicy):
+        info = param_info(param)
+        eligible, dtype = info.fp8_eligible, master_dtype(policy, info.fp8_eligible)
+        self.master, self.master_sinv = None, None
+        if dtype is not None:
+            initial = info.take_initial_master()
+            if initial is None or initial[0].dtype != dtype:
+                raise RuntimeError(f"{name}: no full-precision initial value for its master copy (a second "
+                                   "optimizer over the same model, or a parameter not made by make_parameter)")
+            self.master, self.master_sinv = initial
         self.exp_avg, self.exp_avg_sinv = _scaled_zeros(param.shape, policy.exp_avg if eligible else torch.float32,
                                                         param.device)
         self.exp_avg_sq, self.exp_avg_sq_sinv = _scaled_zeros(
@@ -75,7 +84,7 @@ class Fp8AdamW:
     def __init__(self, named_params: list[tuple[str, nn.Parameter]], policy: PrecisionPolicy,
                  settings: AdamWSettings):
         self.named_params, self.settings = named_params, settings
-        self.state = {name: ParamState(p, policy) for name, p in named_params}
+        self.state = {name: ParamState(name, p, policy) for name, p in named_params}
         self.step_count = 0
 
     def step(self, lr: float, grad_scale: float = 1.0) -> None:

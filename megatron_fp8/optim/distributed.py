@@ -26,6 +26,8 @@ class DistributedOptimizer:
         self.named_params, self.owners, self.pstate = named_params, owners, pstate
         self.owned = [(n, p) for n, p in named_params if owners[id(p)] == pstate.dp_rank]
         self.inner = Fp8AdamW(self.owned, policy, settings)
+        for _, p in named_params:  # another rank keeps the master of a tensor it owns: drop this copy
+            param_info(p).take_initial_master()
 
     @property
     def step_count(self) -> int:

@@ -1,0 +1,63 @@
+"""The early-training gap of issue 18: the training loss of every precision level, step by step, relative
+to `off` (FP32), on the issue's model (2 layers, hidden 512, vocabulary 128, --mock-data, micro-batch 2,
+global batch 8, seed 1234, the default 30-iteration warm-up). Writes bench/results/early_gap[_TAG].json.
+
+    python bench/early_gap.py [--steps 10] [--levels off,gemm,O1,O2,O3] [--tag NAME] [-- EXTRA FLAGS]
+
+Flags after ``--`` go to every level except `off` (e.g. ``-- --main-params-dtype fp32``), to measure an
+option against the same reference.
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from results_io import RESULTS_DIR, save_results  # noqa: E402
+from megatron_fp8.arguments import parse_config  # noqa: E402
+from megatron_fp8.training import pretrain  # noqa: E402
+
+REPORTED_STEPS = (1, 2, 5, 10, 20, 30, 50)
+
+
+def train_losses(level: str, a, extra: list[str]) -> list[float]:
+    flags = ["--fp8-level", level, "--num-layers", str(a.layers), "--hidden-size", str(a.hidden),
+             "--num-attention-heads", str(a.heads), "--seq-length", str(a.seq), "--mock-data",
+             "--vocab-size", str(a.vocab), "--micro-batch-size", str(a.micro_batch), "--global-batch-size",
+             str(a.global_batch), "--train-iters", str(a.steps), "--seed", str(a.seed), "--eval-iters", "0",
+             "--log-interval", str(a.steps)] + (extra if level != "off" else [])
+    return pretrain(parse_config(flags), printer=lambda *x, **k: None)["train_losses"]
+
+
+def relative_gaps(losses: list[float], reference: list[float]) -> list[float]:
+    return [(x - r) / r for x, r in zip(losses, reference)]
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--levels", default="off,gemm,O1,O2,O3")
+    p.add_argument("--tag", default="")
+    for name, default in [("steps", 10), ("layers", 2), ("hidden", 512), ("heads", 4), ("seq", 256),
+                          ("vocab", 128), ("micro_batch", 2), ("global_batch", 8), ("seed", 1234)]:
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int, default=default)
+    a = p.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    levels = a.levels.split(",")
+    levels = levels if "off" in levels else ["off"] + levels
+    name = f"early_gap_{a.tag}.json" if a.tag else "early_gap.json"
+    results, reference = {}, None
+    for level in sorted(levels, key=lambda lv: lv != "off"):  # the reference first
+        losses = train_losses(level, a, extra)
+        reference = reference or losses
+        gaps = relative_gaps(losses, reference)
+        results[level] = {"losses": losses, "vs_off": gaps, "max_abs_gap": max(abs(g) for g in gaps)}
+        shown = ", ".join(f"step {s}: {100 * gaps[s - 1]:+.2f}%" for s in REPORTED_STEPS if s <= len(gaps))
+        print(f"{level:5s} {shown}", flush=True)
+        save_results(os.path.join(RESULTS_DIR, name), {**vars(a), "extra_flags": extra}, results)
+
+
+if __name__ == "__main__":
+    main()
