@@ -10,11 +10,12 @@ SEQ = 32
 
 
 class PatternDataset:
-    """Sequences ``a, a+d, a+2d, ... (mod VOCAB)``: next tokens are predictable from context, so loss falls."""
+    """Sequences ``a, a+d, a+2d, ... (mod VOCAB)``: next tokens are predictable from context, so loss falls.
+    ``max_step=1`` gives counting sequences (``d = 1``, as --mock-data), learnt in the first few steps."""
 
-    def __init__(self, n: int = 4096, seed: int = 0):
+    def __init__(self, n: int = 4096, seed: int = 0, max_step: int = 6):
         rng = np.random.RandomState(seed)
-        self.starts, self.steps = rng.randint(0, VOCAB, n), rng.randint(1, 7, n)
+        self.starts, self.steps = rng.randint(0, VOCAB, n), rng.randint(1, max_step + 1, n)
 
     def __len__(self):
         return len(self.starts)
@@ -47,3 +48,18 @@ def run_steps(trainer, dataset, steps: int) -> list[float]:
         losses.append(trainer.train_step(mbs, trainer.scheduler.lr(p.iteration)).loss)
         p.consumed_samples += t.global_batch_size
     return losses
+
+
+class _EveryShape:
+    def __contains__(self, key) -> bool:
+        return True
+
+
+def dequantized_gemms(monkeypatch) -> None:
+    """Run the FP8 GEMMs through megatron_fp8.fp8.gemm's dequantize+matmul route for one test: the same
+    FP8 operands and scales, exact products, float32 sums in another order. CPU ``torch._scaled_mm`` runs
+    at ~90 ns per multiply-add on this machine, more than a test of several training steps can afford;
+    tests/fp8 test the ``_scaled_mm`` route itself."""
+    from megatron_fp8.fp8 import gemm
+
+    monkeypatch.setattr(gemm, "_refused", _EveryShape())

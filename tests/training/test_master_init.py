@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from megatron_fp8.fp8.tensor import Fp8Tensor
-from megatron_fp8.layers.weights import param_info, real_value
+from megatron_fp8.layers.weights import param_info, real_value, stored_copy
 from megatron_fp8.model import GPTModel
 from megatron_fp8.optim.adamw import AdamWSettings, Fp8AdamW
 from megatron_fp8.optim.distributed import DistributedOptimizer
@@ -13,7 +13,7 @@ from megatron_fp8.optim.ownership import assign_param_owners
 from megatron_fp8.parallel.state import ParallelState
 from megatron_fp8.training import Trainer
 
-from ..helpers import tiny_config
+from ..helpers import PatternDataset, dequantized_gemms, run_steps, tiny_config
 
 
 def fp32_init() -> dict:
@@ -73,3 +73,32 @@ def test_a_second_optimizer_over_the_same_model_is_refused():
     trainer = Trainer(tiny_config("O3"))
     with pytest.raises(RuntimeError, match="initial value for its master"):
         Fp8AdamW(list(trainer.model.named_parameters()), trainer.policy, AdamWSettings())
+
+
+def _warmup_losses(level: str, fp8_rounded_master: bool = False) -> list[float]:
+    """Training losses of the first 10 steps of the issue's recipe (lr 1e-3, 30 warm-up iterations: the
+    smallest updates of a run) on counting sequences, which even this tiny model starts learning at once."""
+    trainer = Trainer(tiny_config(level, lr=1e-3, lr_warmup_iters=30, global_batch_size=4, micro_batch_size=4))
+    if fp8_rounded_master:  # the master as it was built before the fix: from the FP8-rounded weight
+        for name, p in trainer.model.named_parameters():
+            st = trainer.optimizer.state[name]
+            if st.master is not None:
+                st.master, st.master_sinv = stored_copy(real_value(p), st.master.dtype)
+    return run_steps(trainer, PatternDataset(max_step=1), 10)
+
+
+def _largest_gap(losses: list[float], reference: list[float]) -> float:
+    return max(abs(x - r) / r for x, r in zip(losses, reference))
+
+
+def test_o3_tracks_off_over_the_first_warmup_steps(monkeypatch):
+    """The issue's bound is 2% at step 10 on a 2-layer hidden-512 model, where the old master lagged 15%.
+    On this tiny model the loss falls only a few percent in 10 steps, so 2% could not fail: measured, the
+    old master lags `off` by up to ~0.4% and the fixed one by <= 0.05%. The bound is 0.1% at every step,
+    and the old master (built here on purpose) must break it, so the check is shown to discriminate."""
+    dequantized_gemms(monkeypatch)
+    off = _warmup_losses("off")
+    o3 = _warmup_losses("O3")
+    assert _largest_gap(o3, off) < 1e-3, [f"{100 * (x - r) / r:+.3f}%" for x, r in zip(o3, off)]
+    assert off[-1] < 0.98 * off[0], "the tiny model does not learn in 10 steps: the comparison shows nothing"
+    assert _largest_gap(_warmup_losses("O3", fp8_rounded_master=True), off) > 1e-3
