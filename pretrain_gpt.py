@@ -7,17 +7,26 @@
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from megatron_fp8.arguments import parse_config
+from megatron_fp8.checkpoint.paths import CheckpointDirError
+from megatron_fp8.checkpoint.safe_load import UnsafeCheckpointError
+from megatron_fp8.data.indexed_dataset import DataFormatError
+from megatron_fp8.divergence import TrainingDiverged
+from megatron_fp8.fsutil import DiskFullError
+from megatron_fp8.parallel.comm import CollectiveError
+from megatron_fp8.training import pretrain
 
-from megatron_fp8.arguments import parse_config  # noqa: E402
-from megatron_fp8.training import pretrain  # noqa: E402
+# Errors whose message says all: printed without a traceback, exit status 1.
+STOPS = (CheckpointDirError, UnsafeCheckpointError, DataFormatError, TrainingDiverged, DiskFullError, CollectiveError)
 
 
 # `python pretrain_gpt.py` with no flags: a short FP8 (O2) run on the built-in default corpus that
-# learns visibly, evaluates and saves a checkpoint within a few minutes on two CPU cores.
+# learns visibly, evaluates and saves a checkpoint within a few minutes on two CPU cores. It also loads
+# that directory (Megatron's `--save X --load X`): a second run resumes instead of overwriting it.
 QUICKSTART = ["--seq-length", "128", "--train-iters", "150", "--lr", "2e-3", "--min-lr", "2e-4", "--lr-warmup-iters", "15",
               "--log-interval", "10", "--eval-interval", "75", "--eval-iters", "4",
-              "--hidden-dropout", "0", "--attention-dropout", "0", "--save", "checkpoints/gpt_quickstart"]
+              "--hidden-dropout", "0", "--attention-dropout", "0", "--save", "checkpoints/gpt_quickstart",
+              "--load", "checkpoints/gpt_quickstart"]
 
 
 def main(argv=None) -> None:
@@ -25,7 +34,14 @@ def main(argv=None) -> None:
     if not argv:
         print(" > no flags given: quick-start run " + " ".join(QUICKSTART))
         argv = QUICKSTART
-    pretrain(parse_config(argv))
+    config = parse_config(argv)
+    try:
+        pretrain(config)
+    except STOPS as err:
+        print(f"pretrain_gpt.py: error: {err}", file=sys.stderr, flush=True)
+        if isinstance(err, CollectiveError):
+            os._exit(1)  # a hung peer may block the process group's teardown; the launcher ends the others
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

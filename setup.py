@@ -3,6 +3,8 @@
 The kernels are optional at install time: if the compiler fails, the package still installs and the
 kernel loader retries a JIT build on first use, falling back to the pure-torch reference with one clear
 warning. Install with ``pip install --no-build-isolation -e .`` so the build sees the installed torch.
+With a CUDA torch and nvcc (CUDA 12 or 13) the CUDA kernels are built too; ``TORCH_CUDA_ARCH_LIST=9.0``
+(H100/H200) limits the build to the GPU at hand, which keeps it short (scripts/gpu_check.sh does that).
 """
 
 import os

@@ -4,25 +4,22 @@ data-parallel sizes 1, 2 and 4 (gloo on localhost). Writes bench/results/comm.js
     python bench/comm.py [--hidden 256] [--layers 4] [--steps 2]
 
 FP8-LM reported 63-65% less weight-gradient traffic than BF16 Megatron-LM; the reduction printed here is
-against `off` with FP32 gradient all-reduce (DESIGN §3 byte convention: what one rank sends).
+against `off` with FP32 gradient all-reduce (docs/design.md §3 byte convention: what one rank sends).
 """
 
 import argparse
 import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from results_io import save_results  # noqa: E402
-from megatron_fp8 import batches  # noqa: E402
-from megatron_fp8.config import Config, ModelConfig, ParallelConfig, PrecisionConfig, TrainingConfig  # noqa: E402
-from megatron_fp8.parallel import comm  # noqa: E402
-from megatron_fp8.parallel.groups import build_state  # noqa: E402
-from megatron_fp8.parallel.local_spawn import spawn  # noqa: E402
-from megatron_fp8.training import Trainer  # noqa: E402
+from results_io import save_results
+from megatron_fp8 import batches
+from megatron_fp8.config import Config, ModelConfig, ParallelConfig, PrecisionConfig, TrainingConfig
+from megatron_fp8.parallel import comm
+from megatron_fp8.parallel.groups import build_state
+from megatron_fp8.parallel.local_spawn import spawn
+from megatron_fp8.training import Trainer
 
 RUNS = [("off", False), ("off+distopt", True), ("O1", False), ("O2", False), ("O3+distopt", True)]
 

@@ -12,12 +12,9 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from results_io import RESULTS_DIR, save_results  # noqa: E402
-from megatron_fp8.arguments import parse_config  # noqa: E402
-from megatron_fp8.training import pretrain  # noqa: E402
+from results_io import RESULTS_DIR, save_results
+from megatron_fp8.arguments import parse_config
+from megatron_fp8.training import pretrain
 
 REPORTED_STEPS = (1, 2, 5, 10, 20, 30, 50)
 

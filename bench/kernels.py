@@ -32,10 +32,9 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron_fp8.fp8 import kernels, reference  # noqa: E402
-from megatron_fp8.fp8.reference import AdamWHyper, AdamWTensors  # noqa: E402
+from megatron_fp8.fp8 import kernels, reference
+from megatron_fp8.fp8.reference import AdamWHyper, AdamWTensors
 
 E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
 

@@ -1,25 +1,22 @@
-"""Measured model-state bytes per FP8-eligible parameter for each precision level, against DESIGN §1 and
-against the memory planner, plus every measured category against the planner. Writes
-bench/results/memory.json.
+"""Measured model-state bytes per FP8-eligible parameter for each precision level, against
+docs/design.md §1 and against the memory planner, plus every measured category against the planner.
+Writes bench/results/memory.json.
 
     python bench/memory.py [--layers 4 --hidden 256 --heads 4 --vocab 8192 --seq 256 --batch 8]
 """
 
 import argparse
 import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from results_io import save_results  # noqa: E402
-from megatron_fp8.config import Config, ModelConfig, PrecisionConfig, TrainingConfig  # noqa: E402
-from megatron_fp8.fp8.tensor import Fp8Tensor  # noqa: E402
-from megatron_fp8.layers.weights import param_info  # noqa: E402
-from megatron_fp8.memory import plan_memory  # noqa: E402
-from megatron_fp8.training import Trainer  # noqa: E402
+from results_io import save_results
+from megatron_fp8.config import Config, ModelConfig, PrecisionConfig, TrainingConfig
+from megatron_fp8.fp8.tensor import Fp8Tensor
+from megatron_fp8.layers.weights import param_info
+from megatron_fp8.memory import plan_memory
+from megatron_fp8.training import Trainer
 
 LEVELS = ["off", "gemm", "O1", "O2", "O3"]
 
@@ -60,7 +57,7 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "memory.json"))
     a = p.parse_args(argv)
     results = {level: measure(level, a) for level in LEVELS}
-    print(f"{'level':6s} {'B/eligible param':>17s} {'DESIGN §1':>10s} {'planner max error':>18s}  measured MB by category")
+    print(f"{'level':6s} {'B/eligible param':>17s} {'design §1':>10s} {'planner max error':>18s}  measured MB by category")
     for level, r in results.items():
         cats = " ".join(f"{k}={v / 2**20:.1f}" for k, v in r["measured"].items())
         print(f"{level:6s} {r['bytes_per_eligible_param']:17.3f} {r['design']:10g} {100 * r['max_planner_error']:17.2f}%  {cats}")

@@ -11,12 +11,12 @@ bench/results/parity.json and, with matplotlib installed, bench/results/parity.p
 import argparse
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron_fp8.arguments import parse_config  # noqa: E402
-from megatron_fp8.training import pretrain  # noqa: E402
+from megatron_fp8.arguments import parse_config
+from megatron_fp8.training import pretrain
+
+from results_io import plot_curves
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -52,33 +52,23 @@ def early_gap(losses: list[float], reference: list[float]) -> dict:
 
 
 def plot(results: dict, path: str) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
+    drawn = plot_curves(results, path, "training lm loss", "megatron_fp8: loss by precision level (default corpus, "
+                        "same init)", log_scale=True)
+    early = {level: r["early_gap"]["per_step"] for level, r in results.items() if "early_gap" in r}
+    if drawn and early:
         import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    fig, (ax, early) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 2]})
-    for level, r in results.items():
-        its, losses = zip(*r["curve"])
-        ax.plot(its, losses, label=f"{level} (valid {r['final_valid_loss']:.4f})", linewidth=1)
-        if "early_gap" in r:
-            gaps = r["early_gap"]["per_step"]
-            early.plot(range(1, len(gaps) + 1), [100 * g for g in gaps], label=level, linewidth=1)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("training lm loss")
-    ax.set_yscale("log")
-    ax.set_title("loss by precision level (default corpus, same init)")
-    ax.legend()
-    early.set_xlabel("iteration")
-    early.set_ylabel("training loss vs off (%)")
-    early.set_title("early-training gap, steps 1-50")
-    early.axhline(0.0, color="grey", linewidth=0.5)
-    early.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return True
+
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for level, gaps in early.items():
+            ax.plot(range(1, len(gaps) + 1), [100 * g for g in gaps], label=level, linewidth=1)
+        ax.axhline(0.0, color="grey", linewidth=0.5)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("training loss vs off (%)")
+        ax.set_title(f"early-training gap, steps 1-{EARLY_STEPS}")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path.replace(".png", "_early.png"), dpi=120)
+    return drawn
 
 
 def summarize() -> dict:

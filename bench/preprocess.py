@@ -21,10 +21,9 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from megatron_fp8.data import default_corpus as dc  # noqa: E402
-from megatron_fp8.data.tokenizer_training import iter_texts, train_gpt2_bpe  # noqa: E402
+from megatron_fp8.data import default_corpus as dc
+from megatron_fp8.data.tokenizer_training import iter_texts, train_gpt2_bpe
 
 HF_ENCODE = r"""
 import json, sys, time

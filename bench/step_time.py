@@ -11,14 +11,12 @@ FP32, 1.04 s/step with torchao float8 and 24 s/step under BF16 autocast.
 
 import argparse
 import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from results_io import save_results  # noqa: E402
-from train_step import LEVELS, PlainGPT, bench_level, time_steps  # noqa: E402
+from results_io import save_results
+from train_step import LEVELS, PlainGPT, bench_level, time_steps
 
 
 def bench_plain_variant(a, tokens, labels, variant: str, steps: int) -> dict:

@@ -10,20 +10,17 @@ compare ratios, not absolute numbers).
 import argparse
 import os
 import statistics
-import sys
 import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from results_io import save_results  # noqa: E402
-from megatron_fp8.config import Config, ModelConfig, PrecisionConfig, TrainingConfig  # noqa: E402
-from megatron_fp8.layers.weights import param_info  # noqa: E402
-from megatron_fp8.training import Trainer  # noqa: E402
+from results_io import save_results
+from megatron_fp8.config import Config, ModelConfig, PrecisionConfig, TrainingConfig
+from megatron_fp8.layers.weights import param_info
+from megatron_fp8.training import Trainer
 
 LEVELS = ["off", "gemm", "O1", "O2", "O3"]
 

@@ -1,118 +1,54 @@
-"""Megatron-LM-compatible command-line flags, mapped onto :class:`megatron_fp8.config.Config`."""
+"""Megatron-LM-compatible command-line flags, generated from the config dataclasses' field metadata.
+
+Each flag is declared once, on the field it fills (``flagspec.flag``): name, type, default, choices, bounds
+and help. This module only lists which dataclass forms which argparse group, adds the Megatron flags that
+tune other implementations (``compat``), and builds the validated :class:`Config`.
+"""
 
 import argparse
+import sys
 
+from .checkpoint.checkpoint_args import apply_checkpoint_args
+from .compat import add_compat_args, adjust_args, compat_notes
 from .config import Config, ModelConfig, ParallelConfig, PrecisionConfig, TrainingConfig
 from .data.arguments import add_data_args, data_config_from_args
+from .flagspec import add_flags, from_args
 from .fp8.scaling import Fp8Recipe
 
-
-def _model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--num-layers", type=int, default=4)
-    g.add_argument("--hidden-size", type=int, default=256)
-    g.add_argument("--ffn-hidden-size", type=int, default=None)
-    g.add_argument("--num-attention-heads", type=int, default=4)
-    g.add_argument("--seq-length", type=int, default=256)
-    g.add_argument("--max-position-embeddings", type=int, default=None)
-    g.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
-    g.add_argument("--position-embedding-type", default="learned_absolute", choices=["learned_absolute", "rope"])
-    g.add_argument("--rotary-base", type=int, default=10000)
-    g.add_argument("--normalization", default="LayerNorm", choices=["LayerNorm", "RMSNorm"])
-    g.add_argument("--layernorm-epsilon", "--norm-epsilon", dest="layernorm_epsilon", type=float, default=1e-5)
-    g.add_argument("--swiglu", action="store_true")
-    g.add_argument("--openai-gelu", action="store_true", help="tanh-approximate GeLU, as GPT-2 was trained with")
-    g.add_argument("--untie-embeddings-and-output-weights", action="store_true")
-    g.add_argument("--disable-bias-linear", dest="add_bias_linear", action="store_false")
-    g.add_argument("--hidden-dropout", type=float, default=0.1)
-    g.add_argument("--attention-dropout", type=float, default=0.1)
-    g.add_argument("--init-method-std", type=float, default=0.02)
-
-
-def _parallel_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("parallelism")
-    g.add_argument("--tensor-model-parallel-size", type=int, default=1)
-    g.add_argument("--pipeline-model-parallel-size", type=int, default=1)
-    g.add_argument("--sequence-parallel", action="store_true")
-    g.add_argument("--use-distributed-optimizer", action="store_true")
-    g.add_argument("--overlap-grad-reduce", action="store_true",
-                   help="start each gradient bucket's data-parallel reduction during backward")
-    g.add_argument("--ddp-bucket-size", type=int, default=1 << 22, help="elements per gradient bucket")
-
-
-def _precision_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("precision (DESIGN §1, §2)")
-    g.add_argument("--fp8-level", default="O2", help="off | gemm | O1 | O2 | O3")
-    g.add_argument("--bf16", action="store_true", help="BF16 compute dtype (the GPU setting)")
-    g.add_argument("--fp8-format", default="hybrid", help="hybrid (E4M3 fwd, E5M2 grads) | e4m3")
-    g.add_argument("--fp8-recipe", default="delayed", help="delayed | current | blockwise")
-    g.add_argument("--fp8-amax-history-len", type=int, default=16)
-    g.add_argument("--fp8-amax-compute-algo", default="max", help="max | most_recent")
-    g.add_argument("--fp8-margin", type=int, default=0)
-    g.add_argument("--main-params-dtype", default=None, help="fp32 | fp16 (default: by level)")
-    g.add_argument("--exp-avg-dtype", default=None, help="fp32 | fp16 | bf16 | fp8 (default: by level)")
-    g.add_argument("--exp-avg-sq-dtype", default=None, help="fp32 | fp16 | bf16 | fp8 (default: by level)")
-    g.add_argument("--grad-reduce-dtype", default=None, help="fp32 | bf16 | fp8 (default: by level)")
-
-
-def _training_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("training")
-    g.add_argument("--micro-batch-size", type=int, default=8)
-    g.add_argument("--global-batch-size", type=int, default=None)
-    g.add_argument("--train-iters", type=int, default=300)
-    g.add_argument("--lr", type=float, default=1e-3)
-    g.add_argument("--min-lr", type=float, default=1e-4)
-    g.add_argument("--lr-decay-style", default="cosine", choices=["constant", "linear", "cosine"])
-    g.add_argument("--lr-warmup-iters", type=int, default=30)
-    g.add_argument("--lr-decay-iters", type=int, default=None)
-    g.add_argument("--weight-decay", type=float, default=0.1)
-    g.add_argument("--clip-grad", type=float, default=1.0)
-    g.add_argument("--adam-beta1", type=float, default=0.9)
-    g.add_argument("--adam-beta2", type=float, default=0.95)
-    g.add_argument("--adam-eps", type=float, default=1e-8)
-    g.add_argument("--seed", type=int, default=1234)
-    g.add_argument("--log-interval", type=int, default=10)
-    g.add_argument("--eval-interval", type=int, default=100)
-    g.add_argument("--eval-iters", type=int, default=10)
-    g.add_argument("--save", default=None)
-    g.add_argument("--load", default=None)
-    g.add_argument("--save-interval", type=int, default=None)
-    g.add_argument("--async-save", action="store_true",
-                   help="write checkpoints in the background from a snapshot while training goes on")
-    g.add_argument("--exit-interval", type=int, default=None)
-    g.add_argument("--log-json", default=None, help="write one JSON object per logged iteration")
-    g.add_argument("--tensorboard-dir", default=None)
+GROUPS = (("model", ModelConfig), ("parallelism", ParallelConfig), ("precision (docs/design.md §1, §2)", PrecisionConfig),
+          ("FP8 recipe", Fp8Recipe), ("training", TrainingConfig))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="megatron_fp8 GPT pretraining",
-                                     allow_abbrev=False)
-    for add in (_model_args, _parallel_args, _precision_args, _training_args, add_data_args):
-        add(parser)
+    parser = argparse.ArgumentParser(description="megatron_fp8 GPT pretraining", allow_abbrev=False)
+    for title, cls in GROUPS:
+        add_flags(parser, cls, title)
+    add_data_args(parser)
+    add_compat_args(parser)
     return parser
 
 
-def _pick(cls, args) -> dict:
-    """The argparse values whose names are fields of dataclass ``cls``."""
-    return {name: getattr(args, name) for name in cls.__dataclass_fields__ if hasattr(args, name)}
-
-
 def config_from_args(args: argparse.Namespace) -> Config:
-    recipe = Fp8Recipe(format=args.fp8_format, recipe=args.fp8_recipe, amax_history_len=args.fp8_amax_history_len,
-                       amax_compute_algo=args.fp8_amax_compute_algo, margin=args.fp8_margin)
-    precision = PrecisionConfig(recipe=recipe, **{k: v for k, v in _pick(PrecisionConfig, args).items()
-                                                  if k != "recipe"})
-    model = ModelConfig(**{k: v for k, v in _pick(ModelConfig, args).items() if k != "vocab_size"})
-    return Config(model=model, parallel=ParallelConfig(**_pick(ParallelConfig, args)), precision=precision,
-                  training=TrainingConfig(**_pick(TrainingConfig, args)),
-                  data=data_config_from_args(args, seq_length=model.seq_length, seed=args.seed))
+    """The validated Config of parsed flags; a bad value raises ValueError naming the flag."""
+    adjusted = adjust_args(args)
+    model = ModelConfig(**from_args(ModelConfig, args))
+    precision = PrecisionConfig(recipe=Fp8Recipe(**from_args(Fp8Recipe, args)), **from_args(PrecisionConfig, args))
+    return Config(model=model, parallel=ParallelConfig(**from_args(ParallelConfig, args)), precision=precision,
+                  training=TrainingConfig(**from_args(TrainingConfig, args)),
+                  data=data_config_from_args(args, seq_length=model.seq_length, seed=args.seed),
+                  startup_notes=compat_notes(args) + adjusted)
 
 
 def parse_config(argv=None) -> Config:
-    """Parse flags into a validated Config; bad values exit with the message naming the flag."""
+    """Parse flags into a validated Config; bad values exit with the message naming the flag.
+    ``--use-checkpoint-args`` first fills the model, tokenizer and precision flags from ``--load``."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     try:
-        return config_from_args(args)
+        notes = apply_checkpoint_args(parser, args, argv)
+        config = config_from_args(args)
     except ValueError as err:
         parser.error(str(err))
+    config.startup_notes.extend(notes)
+    return config

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import torch
 
 from .config import ModelConfig
+from .fp8.gemm import FALLBACKS as GEMM_FALLBACKS
 from .layers.weights import param_info
 
 MB = 1024 * 1024
@@ -51,7 +52,8 @@ class ActivationMeter:
 def model_flops_per_iteration(m: ModelConfig, tokens: int) -> float:
     """Forward + backward FLOPs of the GEMMs and attention for ``tokens`` tokens (3x the forward)."""
     h, f, s = m.hidden_size, m.ffn_hidden_size, m.seq_length
-    per_layer = 2 * (4 * h * h + (3 if m.swiglu else 2) * h * f) + 4 * s * h
+    attn = m.num_attention_heads * m.head_dim  # = h unless --kv-channels; GQA shrinks only the K/V rows
+    per_layer = 2 * (h * (m.qkv_size + attn) + (3 if m.swiglu else 2) * h * f) + 4 * s * attn
     forward = tokens * (m.num_layers * per_layer + 2 * h * m.vocab_size)
     return 3.0 * forward
 
@@ -72,14 +74,18 @@ class MetricsLogger:
         if tensorboard_dir:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-            except ImportError as err:
-                raise RuntimeError("--tensorboard-dir needs the tensorboard package: "
-                                   "pip install 'megatron_fp8[tb]'") from err
-            self.writer = SummaryWriter(tensorboard_dir)
+            except ImportError:  # Megatron warns and trains on
+                printer(f"WARNING: --tensorboard-dir {tensorboard_dir}: the tensorboard package is not installed "
+                        "(pip install 'megatron_fp8[tb]'); no TensorBoard logs will be written")
+            else:
+                self.writer = SummaryWriter(tensorboard_dir)
 
     def log_iteration(self, rec: dict) -> None:
         if not self.enabled:
             return
+        fallbacks = GEMM_FALLBACKS.snapshot()  # FP8 GEMMs run as dequantize+matmul (per shape, cumulative)
+        if fallbacks:
+            rec = dict(rec, gemm_fallbacks=fallbacks)
         mem = " ".join(f"{k}={v / MB:.2f}" for k, v in rec["mem"].items())
         comm = " ".join(f"{k}={v / MB:.2f}" for k, v in rec.get("comm", {}).items()) or "none"
         self.print(
@@ -88,20 +94,28 @@ class MetricsLogger:
             f" elapsed time per iteration (ms): {rec['step_time_s'] * 1000:.1f} |"
             f" throughput per GPU (TFLOP/s/GPU): {rec['tflops']:.4f} |"
             f" tokens per second: {rec['tokens_per_sec']:.1f} |"
-            f" learning rate: {rec['lr']:.6E} | global batch size: {rec['global_batch_size']:5d} |"
-            f" lm loss: {rec['lm_loss']:.6E} | grad norm: {rec['grad_norm']:.3f} |"
+            f" learning rate: {rec['lr']:.6E} |"
+            + (f" decoupled learning rate: {rec['decoupled_lr']:.6E} |" if "decoupled_lr" in rec else "")
+            + f" global batch size: {rec['global_batch_size']:5d} | lm loss: {rec['lm_loss']:.6E} |"
+            + (f" loss scale: {rec['loss_scale']:.1f} |" if "loss_scale" in rec else "")
+            + f" grad norm: {rec['grad_norm']:.3f} |"
             f" number of skipped iterations: {rec['skipped_iterations']:3d} |"
             f" number of nan iterations: {rec['nan_iterations']:3d} |"
-            f" mem (MB): {mem} | comm (MB): {comm} |")
+            f" mem (MB): {mem} | comm (MB): {comm} |"
+            + (f" fp8 gemm fallbacks: {sum(fallbacks.values())} |" if fallbacks else ""))
         if self.json_file:
             self.json_file.write(json.dumps(rec) + "\n")
             self.json_file.flush()
         if self.writer:
             step = rec["iteration"]
-            for key in ("lm_loss", "lr", "grad_norm", "tokens_per_sec", "step_time_s", "skipped_iterations"):
-                self.writer.add_scalar(key.replace("_", "-"), rec[key], step)
+            for key in ("lm_loss", "lr", "grad_norm", "tokens_per_sec", "step_time_s", "skipped_iterations",
+                        "global_batch_size", "loss_scale"):
+                if key in rec:
+                    self.writer.add_scalar(key.replace("_", "-"), rec[key], step)
             for key, value in rec["mem"].items():
                 self.writer.add_scalar(f"mem/{key}", value, step)
+            if fallbacks:
+                self.writer.add_scalar("fp8-gemm-fallbacks", sum(fallbacks.values()), step)
 
     def log_eval(self, iteration: int, loss: float, split: str = "validation") -> None:
         if not self.enabled:

@@ -33,10 +33,23 @@ CASES = {
     "gemm blockwise wide": ("gemm", 1, 1, False, False, dict(hidden_size=128, num_attention_heads=2,
                                                              recipe="blockwise")),
     "O1 current no-bias": ("O1", 1, 1, False, False, dict(add_bias_linear=False, recipe="current")),
+    # grouped-query attention (q is a reshaped copy), head size != hidden/heads, QKV-only bias, partial
+    # Llama-3.1-scaled RoPE, zero-centred RMSNorm (the op saves 1 + w)
+    "O2 gqa qwen-like": ("O2", 1, 1, False, False, dict(
+        position_embedding_type="rope", swiglu=True, normalization="RMSNorm", group_query_attention=True,
+        num_query_groups=2, kv_channels=24, add_qkv_bias=True, add_bias_linear=False, rotary_percent=0.5,
+        use_rope_scaling=True, apply_layernorm_1p=True)),
+    # multi-query attention on the CPU math path (dropout): K/V repeated per head, v a float32 copy
+    "off mqa dropout layernorm-1p": ("off", 1, 1, False, False, dict(
+        group_query_attention=True, num_query_groups=1, attention_dropout=0.1, apply_layernorm_1p=True)),
+    "off fp16": ("off", 1, 1, False, False, dict(fp16=True, loss_scale=1024.0)),  # plain FP16 + FP32 masters
 }
 DIST_CASES = {
     "TP2xDP2+SP O2 distopt dropout": ("O2", 2, 1, True, True, dict(hidden_dropout=0.1, attention_dropout=0.1)),
     "TP2xPP2+SP O3 untied": ("O3", 2, 2, True, False, dict(untie_embeddings_and_output_weights=True)),
+    "TP2xDP2+SP O1 gqa": ("O1", 2, 1, True, False, dict(
+        num_attention_heads=8, group_query_attention=True, num_query_groups=4, kv_channels=12, add_qkv_bias=True,
+        position_embedding_type="rope", rotary_percent=0.5)),
 }
 
 
@@ -46,6 +59,8 @@ def make_config(level, tp, pp, sp, distopt, changes, world: int = 1) -> Config:
     cfg = tiny_config(level, tp, pp, sp, micro_batch_size=2, global_batch_size=2 * dp * (4 if pp > 1 else 1))
     changes = dict(changes)
     cfg.precision.bf16 = changes.pop("bf16", False)
+    cfg.precision.fp16 = changes.pop("fp16", False)
+    cfg.precision.loss_scale = changes.pop("loss_scale", None)
     cfg.precision.recipe.recipe = changes.pop("recipe", "delayed")
     for key, value in changes.items():
         setattr(cfg.model, key, value)
@@ -102,7 +117,7 @@ def gpt_7b(level: str, dp: int) -> Config:
 
 @pytest.mark.parametrize("level", ["off", "gemm", "O1", "O2", "O3"])
 def test_model_states_per_param_match_design_table(level):
-    """DESIGN §1's bytes per FP8-eligible parameter, from the planner's tensors (scales add ~1e-8)."""
+    """docs/design.md §1's bytes per FP8-eligible parameter, from the planner's tensors (scales add ~1e-8)."""
     for dp in (1, 8):
         plan = plan_memory(gpt_7b(level, dp), dp)
         assert plan.planned_bytes_per_param == pytest.approx(plan.design_bytes_per_param, rel=1e-3)
@@ -137,7 +152,7 @@ def test_dry_run_prints_per_gpu_memory():
     out = run_script("scripts/pretrain_gpt_7b.sh", "--dry-run", "--fp8-level", "O3")
     assert out.returncode == 0, out.stderr
     assert "TP1 PP1 DP32" in out.stdout and "per GPU (GiB)" in out.stdout and "O3" in out.stdout
-    assert "total" in out.stdout and "DESIGN §1" in out.stdout
+    assert "total" in out.stdout and "docs/design.md §1" in out.stdout
 
 
 def test_dry_run_layout_error_names_the_flag():

@@ -10,14 +10,13 @@ samples) carries over, so training resumes on the same loss curve.
 """
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_fp8.checkpoint.state import config_from_summary  # noqa: E402
-from megatron_fp8.checkpoint.universal import read_universal, write_layout  # noqa: E402
-from megatron_fp8.config import FP8_LEVELS  # noqa: E402
+from megatron_fp8.checkpoint.distributed import read_metadata
+from megatron_fp8.checkpoint.lock import SaveDirLock
+from megatron_fp8.checkpoint.state import config_from_summary
+from megatron_fp8.checkpoint.tracker import iteration_folders, read_tracker
+from megatron_fp8.checkpoint.universal import prepare_target, read_universal, write_layout
+from megatron_fp8.config import FP8_LEVELS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,8 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only matters with --target-use-distributed-optimizer (optimizer shards per DP rank)")
     p.add_argument("--target-use-distributed-optimizer", action="store_true")
     p.add_argument("--target-fp8-level", choices=FP8_LEVELS, default=None)
-    p.add_argument("--hf-import", metavar="DIR", help="import a Hugging Face GPT-2 or Llama directory")
+    p.add_argument("--hf-import", metavar="DIR", help="import a Hugging Face GPT-2, Llama, Mistral or Qwen2 directory")
     p.add_argument("--hf-export", metavar="DIR", help="export to a Hugging Face directory")
+    p.add_argument("--verify", action="store_true",
+                   help="with --hf-import: before writing, run our model (at off) and transformers on the same random "
+                        "tokens and fail if the logits differ by more than 1e-3")
     return p
 
 
@@ -40,18 +42,29 @@ def convert(args) -> str:
         from megatron_fp8.checkpoint import hf
 
         return hf.run(args)
+    if args.verify:
+        raise SystemExit("convert_checkpoint.py: --verify applies to --hf-import")
     if not args.load or not args.save:
         raise SystemExit("convert_checkpoint.py: --load and --save are required (or --hf-import / --hf-export)")
-    universal = read_universal(args.load)
-    config = config_from_summary(universal["config"], args.target_fp8_level)
+    if read_tracker(args.save) is not None or iteration_folders(args.save):
+        raise SystemExit(f"convert_checkpoint.py: --save {args.save} already holds checkpoints; convert into a "
+                         "new directory (nothing is overwritten)")
+    found = read_metadata(args.load)
+    if found is None:
+        raise SystemExit(f"convert_checkpoint.py: --load {args.load} holds no checkpoint "
+                         "(no latest_checkpointed_iteration.txt)")
+    summary = found[1]["config"]
+    config = config_from_summary(summary, args.target_fp8_level)
     tp = args.target_tensor_parallel_size or config.parallel.tensor_model_parallel_size
     pp = args.target_pipeline_parallel_size or config.parallel.pipeline_model_parallel_size
     dp = args.target_data_parallel_size
-    if config.model.num_attention_heads % tp or config.model.num_layers % pp:
-        raise SystemExit(f"convert_checkpoint.py: {config.model.num_attention_heads} heads / {config.model.num_layers} "
-                         f"layers do not split over --target-tensor-parallel-size {tp} / "
-                         f"--target-pipeline-parallel-size {pp}")
-    return write_layout(universal, config, tp, pp, dp, args.save, args.target_use_distributed_optimizer)
+    try:  # the target layout is checked before the (long) read
+        prepare_target(config, summary["model"], tp, pp, dp, args.target_use_distributed_optimizer)
+    except ValueError as err:
+        raise SystemExit(f"convert_checkpoint.py: {err}") from None
+    universal = read_universal(args.load)
+    with SaveDirLock(args.save):
+        return write_layout(universal, config, tp, pp, dp, args.save, args.target_use_distributed_optimizer)
 
 
 def main(argv=None) -> None:

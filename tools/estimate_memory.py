@@ -7,22 +7,20 @@ r"""Per-GPU memory of a megatron_fp8 run, from the same flags as pretrain_gpt.py
         --seq-length 2048 --micro-batch-size 1 --bf16 --use-distributed-optimizer
 
 Prints weights, gradients, master weights, optimizer moments, the FP8 weight cache and activations (with
-and without full-layer recomputation) of the fullest GPU, next to DESIGN §1's bytes per parameter.
+and without full-layer recomputation) of the fullest GPU, next to docs/design.md §1's bytes per parameter.
 Data and tokenizer flags are accepted and ignored: give the vocabulary with --vocab-size.
 """
 
 import copy
 import json
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron_fp8.arguments import build_parser, config_from_args  # noqa: E402
-from megatron_fp8.layers.embedding import padded_vocab_size  # noqa: E402
-from megatron_fp8.memory import largest_fitting, plan_memory  # noqa: E402
-from megatron_fp8.memory.report import describe, fitting_table, level_table  # noqa: E402
-from megatron_fp8.parallel.groups import grid_coordinates  # noqa: E402
+from megatron_fp8.arguments import build_parser, config_from_args
+from megatron_fp8.layers.embedding import padded_vocab_size
+from megatron_fp8.memory import largest_fitting, plan_memory
+from megatron_fp8.memory.report import describe, fitting_table, level_table
+from megatron_fp8.parallel.groups import grid_coordinates
 
 GPT2_VOCAB = 50257
 COMPARED_LEVELS = ("off", "O1", "O2", "O3")

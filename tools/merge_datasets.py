@@ -8,9 +8,8 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron_fp8.data.indexed_dataset import DataFormatError, IndexedDataset, IndexedDatasetBuilder  # noqa: E402
+from megatron_fp8.data.indexed_dataset import DataFormatError, IndexedDataset, IndexedDatasetBuilder
 
 
 def expand_inputs(inputs):

@@ -5,15 +5,14 @@ r"""Tokenize JSONL into Megatron's .bin/.idx format (flags as in Megatron-LM's t
 """
 
 import argparse
-import os
 import sys
 import types
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron_fp8.data.arguments import add_tokenizer_args  # noqa: E402
-from megatron_fp8.data.data_config import check_tokenizer_flags  # noqa: E402
-from megatron_fp8.data.preprocess import PreprocessError, preprocess_jsonl  # noqa: E402
+from megatron_fp8.data.arguments import add_tokenizer_args
+from megatron_fp8.data.data_config import check_tokenizer_flags
+from megatron_fp8.data.preprocess import PreprocessError, preprocess_jsonl
+from megatron_fp8.fsutil import DiskFullError
 
 
 def parse_args(argv=None):
@@ -49,7 +48,7 @@ def main(argv=None) -> int:
         result = preprocess_jsonl(args.input, args.output_prefix, tokenizer_cfg, json_keys=args.json_keys,
                                   append_eod=args.append_eod, workers=args.workers,
                                   log_interval=args.log_interval, skip_bad_lines=args.skip_bad_lines)
-    except (PreprocessError, ValueError, FileNotFoundError) as err:
+    except (PreprocessError, ValueError, FileNotFoundError, DiskFullError) as err:
         print(f"preprocess_data.py: error: {err}", file=sys.stderr)
         return 1
     for prefix in result.outputs:

@@ -11,9 +11,8 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron_fp8.data.tokenizer_training import iter_texts, train_gpt2_bpe, train_sentencepiece  # noqa: E402
+from megatron_fp8.data.tokenizer_training import iter_texts, train_gpt2_bpe, train_sentencepiece
 
 
 def main(argv=None) -> int:

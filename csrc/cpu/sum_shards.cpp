@@ -1,4 +1,4 @@
-// sum_shards on the CPU: the owner's side of the FP8 reduce-scatter (DESIGN §3). Shards are summed in
+// sum_shards on the CPU: the owner's side of the FP8 reduce-scatter (docs/design.md §3). Shards are summed in
 // float32 in shard order, per chunk of elements held in an L1-resident buffer; a scaled output needs
 // the amax of the whole sum first, so pass 2 recomputes the (cheap, deterministic) sum and stores it.
 #include <algorithm>

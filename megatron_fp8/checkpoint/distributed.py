@@ -7,11 +7,15 @@ Layout of ``{root}/iter_XXXXXXX/``::
     optim_tp{t:02d}_pp{p:03d}_dp{d:03d}.pt   optimizer state (DP rank 0, or every DP rank when sharded)
     rng_rank{r:05d}.pt                  each rank's RNG streams
 
-Files are written into a staging directory that is renamed into place once every rank has finished;
-the tracker file is replaced last. ``--async-save`` takes a snapshot of the state and writes it on a
-background thread; the checkpoint is sealed at a later step, once every rank reports its files done.
+Files are written into a staging directory that is swapped into place once every rank has finished
+(see ``tracker``: a re-saved iteration keeps its old copy until the new one is in place); the tracker
+file is replaced last. A failed write (a full disk, say) removes the staging directory and names the
+file. ``--async-save`` takes a snapshot of the state and writes it on a background thread; the
+checkpoint is sealed at a later step, once every rank reports its files done. Files are read back with
+``safe_load`` (no code runs from a file) after their size and sha256 match the metadata.
 """
 
+import errno
 import hashlib
 import json
 import os
@@ -19,14 +23,14 @@ import threading
 import time
 
 import torch
-import torch.distributed as dist
 
 from ..config import Config
+from ..fsutil import DiskFullError, naming_write_errors, remove_quietly
+from ..parallel import comm
 from ..parallel.state import ParallelState
-from .atomic import TRACKER, iteration_dir, publish, read_tracker
+from . import safe_load
 from .state import FORMAT, check_config, config_summary, set_rng_state
-
-METADATA = "metadata.json"
+from .tracker import METADATA, TRACKER, complete_copy, iteration_dir, publish, read_tracker, staging_dir
 
 
 def model_file(tp: int, pp: int) -> str:
@@ -50,11 +54,21 @@ def sha256(path: str) -> str:
 
 
 def _write(path: str, obj) -> dict:
-    with open(path, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
+    with naming_write_errors(path):
+        with open(path, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
     return {"sha256": sha256(path), "bytes": os.path.getsize(path)}
+
+
+def write_metadata(staged: str, metadata: dict) -> None:
+    path = os.path.join(staged, METADATA)
+    with naming_write_errors(path):
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(metadata, f, indent=1, default=str)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def _snapshot(obj):
@@ -66,23 +80,6 @@ def _snapshot(obj):
     if isinstance(obj, (list, tuple)):
         return type(obj)(_snapshot(v) for v in obj)
     return obj
-
-
-def _staging(root: str, iteration: int) -> str:
-    return iteration_dir(root, iteration) + ".tmp"
-
-
-def _barrier(pstate: ParallelState) -> None:
-    if pstate.world_size > 1:
-        dist.barrier()
-
-
-def _gather(obj, pstate: ParallelState) -> list:
-    if pstate.world_size == 1:
-        return [obj]
-    out = [None] * pstate.world_size
-    dist.all_gather_object(out, obj)
-    return out
 
 
 class CheckpointWriter:
@@ -97,14 +94,12 @@ class CheckpointWriter:
         start = time.perf_counter()
         self.wait()  # one save in flight at a time
         ps = self.pstate
-        staged = _staging(self.root, iteration)
+        staged = staging_dir(self.root, iteration)
         if ps.rank == 0:
             os.makedirs(self.root, exist_ok=True)
-            if os.path.exists(staged):
-                import shutil
-                shutil.rmtree(staged)
+            remove_quietly(staged)
             os.makedirs(staged)
-        _barrier(ps)
+        comm.barrier()
         metadata = {"format": FORMAT, "iteration": iteration, "progress": progress,
                     "config": config_summary(self.config),
                     "layout": {"tp": ps.tp_size, "pp": ps.pp_size, "dp": ps.dp_size,
@@ -126,7 +121,7 @@ class CheckpointWriter:
         try:
             result["files"] = {name: _write(os.path.join(staged, name), obj) for name, obj in shards.items()}
         except Exception as err:  # noqa: BLE001 - reported on the main thread when sealing
-            result["error"] = repr(err)
+            result["error"], result["disk_full"] = str(err) or repr(err), isinstance(err, DiskFullError)
 
     def poll(self) -> None:
         """Seal a background save if every rank has finished writing (called once per iteration)."""
@@ -134,7 +129,7 @@ class CheckpointWriter:
             return
         done = torch.tensor([0.0 if self._pending[1].is_alive() else 1.0])
         if self.pstate.world_size > 1:
-            dist.all_reduce(done, op=dist.ReduceOp.MIN)
+            comm.all_reduce(done, _world(), "other", op=torch.distributed.ReduceOp.MIN)
         if done.item() == 1.0:
             self.wait()
 
@@ -146,33 +141,45 @@ class CheckpointWriter:
         self._pending = None
         if thread is not None:
             thread.join()
-        results = _gather(result, self.pstate)
+        results = comm.all_gather_object(result)
         errors = [r["error"] for r in results if "error" in r]
-        if errors:
-            raise RuntimeError(f"checkpoint at iteration {iteration} failed; the previous one is intact: {errors[0]}")
-        if self.pstate.rank == 0:
-            files = {name: info for r in results for name, info in r["files"].items()}
-            metadata["files"] = files
-            staged = _staging(self.root, iteration)
-            with open(os.path.join(staged, METADATA), "w", encoding="utf-8") as f:
-                json.dump(metadata, f, indent=1, default=str)
-                f.flush()
-                os.fsync(f.fileno())
-            publish(self.root, iteration, staged)
-            self.log(f" > saved checkpoint at iteration {iteration} to {iteration_dir(self.root, iteration)}")
-        _barrier(self.pstate)
+        staged = staging_dir(self.root, iteration)
+        try:
+            if errors:
+                full = any(r.get("disk_full") for r in results)
+                raise (DiskFullError if full else OSError)(
+                    errno.ENOSPC if full else errno.EIO,
+                    f"checkpoint at iteration {iteration} failed, the previous one is intact: {errors[0]}")
+            if self.pstate.rank == 0:
+                metadata["files"] = {name: info for r in results for name, info in r["files"].items()}
+                write_metadata(staged, metadata)
+                publish(self.root, iteration, staged)
+                self.log(f" > saved checkpoint at iteration {iteration} to {iteration_dir(self.root, iteration)}")
+        except BaseException:
+            if self.pstate.rank == 0:
+                remove_quietly(staged)  # no litter: the tracker still names the previous checkpoint
+            raise
+        comm.barrier()
 
 
-def read_metadata(root: str) -> tuple[str, dict] | None:
+def _world():
+    return torch.distributed.group.WORLD
+
+
+def read_metadata(root: str, log=print) -> tuple[str, dict] | None:
     """``(iteration directory, metadata)`` of the newest checkpoint, None if ``root`` has none yet."""
     iteration = read_tracker(root)
     if iteration is None:
         return None
-    directory = iteration_dir(root, iteration)
-    path = os.path.join(directory, METADATA)
-    if not os.path.exists(path):
+    directory = complete_copy(root, iteration)
+    if directory is None:
+        path = os.path.join(iteration_dir(root, iteration), METADATA)
         raise FileNotFoundError(f"{os.path.join(root, TRACKER)} names iteration {iteration}, but {path} "
-                                "does not exist")
+                                "does not exist (nor a complete .old/.tmp copy of it)")
+    if directory != iteration_dir(root, iteration):
+        log(f" > WARNING: {iteration_dir(root, iteration)} is missing (a save was interrupted while replacing "
+            f"it); reading the complete copy {directory}")
+    path = os.path.join(directory, METADATA)
     try:
         metadata = json.load(open(path, encoding="utf-8"))
     except (ValueError, OSError) as err:
@@ -194,39 +201,67 @@ def read_file(directory: str, metadata: dict, name: str):
         raise ValueError(f"{path}: truncated checkpoint file ({os.path.getsize(path)} of {info['bytes']} bytes)")
     if sha256(path) != info["sha256"]:
         raise ValueError(f"{path}: checksum mismatch (file corrupted after it was written)")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return safe_load.load(path)
+
+
+def converter_command(root: str, saved: dict, config: Config, here: dict) -> str:
+    """A tools/convert_checkpoint.py command line that turns the checkpoint under ``root`` into this
+    run's layout (and precision level), ready to paste."""
+    root = os.path.normpath(root)
+    target = f"{root}_tp{here['tp']}_pp{here['pp']}" + (f"_dp{here['dp']}" if here["distributed_optimizer"] else "")
+    cmd = (f"python tools/convert_checkpoint.py --load {root} --save {target} "
+           f"--target-tensor-parallel-size {here['tp']} --target-pipeline-parallel-size {here['pp']}")
+    if here["distributed_optimizer"]:
+        cmd += f" --target-data-parallel-size {here['dp']} --target-use-distributed-optimizer"
+    if saved.get("config", {}).get("precision", {}).get("fp8_level", config.precision.fp8_level) \
+            != config.precision.fp8_level:
+        cmd += f" --target-fp8-level {config.precision.fp8_level}"
+    return f"{cmd}, then resume with --load {target} --save {target}"
 
 
 def check_layout(metadata: dict, config: Config, pstate: ParallelState, source: str) -> None:
+    """Fail, before any other check, when the checkpoint's TP/PP (or, with a sharded optimizer, DP and
+    distributed-optimizer) layout differs from this run's; the message holds the converter command.
+    ``source`` is ``ROOT/iter_XXXXXXX/metadata.json``."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(source)))
     layout = metadata["layout"]
     here = {"tp": pstate.tp_size, "pp": pstate.pp_size, "dp": pstate.dp_size,
-            "distributed_optimizer": config.parallel.use_distributed_optimizer}
+            "distributed_optimizer": config.parallel.use_distributed_optimizer and pstate.dp_size > 1}
     sharded_opt = layout["distributed_optimizer"] and layout["dp"] > 1
-    needs_same_dp = sharded_opt or (here["distributed_optimizer"] and here["dp"] > 1)
-    mismatch = [k for k in ("tp", "pp") if layout[k] != here[k]]
-    if needs_same_dp and (layout["dp"] != here["dp"] or layout["distributed_optimizer"] != here["distributed_optimizer"]):
-        mismatch.append("dp")
+    mismatch = [f"{k.upper()} {layout[k]} vs {here[k]}" for k in ("tp", "pp") if layout[k] != here[k]]
+    if sharded_opt != here["distributed_optimizer"]:
+        mismatch.append(f"distributed optimizer {sharded_opt} vs {here['distributed_optimizer']}")
+    elif sharded_opt and layout["dp"] != here["dp"]:
+        mismatch.append(f"DP {layout['dp']} vs {here['dp']} (optimizer state is sharded over DP)")
     if mismatch:
         raise ValueError(
-            f"{source}: saved with TP={layout['tp']} PP={layout['pp']} DP={layout['dp']} "
-            f"(distributed optimizer: {layout['distributed_optimizer']}), this run has TP={here['tp']} "
-            f"PP={here['pp']} DP={here['dp']}: convert it first with tools/convert_checkpoint.py --load "
-            f"{os.path.dirname(source)} --save NEW_DIR --target-tensor-parallel-size {here['tp']} "
-            f"--target-pipeline-parallel-size {here['pp']} --target-data-parallel-size {here['dp']}")
+            f"{source}: saved with another parallel layout ({'; '.join(mismatch)}): the checkpoint has "
+            f"TP={layout['tp']} PP={layout['pp']} DP={layout['dp']} (distributed optimizer: {sharded_opt}), "
+            f"this run TP={here['tp']} PP={here['pp']} DP={here['dp']} (distributed optimizer: "
+            f"{here['distributed_optimizer']}). Convert it first: {converter_command(root, metadata, config, here)}")
 
 
-def load_rank_files(root: str, config: Config, pstate: ParallelState, sharded_optimizer: bool):
-    """This rank's (model shard, optimizer state, metadata) from the newest checkpoint, RNG restored."""
+def load_rank_files(root: str, config: Config, pstate: ParallelState, sharded_optimizer: bool,
+                    load_optim: bool = True, load_rng: bool = True):
+    """This rank's (model shard, optimizer state or None, metadata) from the newest checkpoint, RNG restored
+    unless ``load_rng`` is False (--no-load-rng); no optimizer state without ``load_optim``."""
     found = read_metadata(root)
     if found is None:
         return None
     directory, metadata = found
-    check_config(metadata["config"], config, os.path.join(directory, METADATA))
-    check_layout(metadata, config, pstate, os.path.join(directory, METADATA))
+    source = os.path.join(directory, METADATA)
+    check_layout(metadata, config, pstate, source)  # first: another TP size also pads the vocab otherwise
+    check_config(metadata["config"], config, source)
     ps = pstate
     model = read_file(directory, metadata, model_file(ps.tp_rank, ps.pp_rank))
-    optim = read_file(directory, metadata, optim_file(ps.tp_rank, ps.pp_rank, ps.dp_rank if sharded_optimizer else 0))
+    optim = None
+    if load_optim:
+        name = optim_file(ps.tp_rank, ps.pp_rank, ps.dp_rank if sharded_optimizer else 0)
+        if name not in metadata["files"] and not any(f.startswith("optim_") for f in metadata["files"]):
+            raise ValueError(f"{directory}: no optimizer state (saved with --no-save-optim); load it with "
+                             "--no-load-optim, or --finetune")
+        optim = read_file(directory, metadata, name)
     rng_name = rng_file(ps.rank)
-    if rng_name in metadata["files"]:
+    if load_rng and rng_name in metadata["files"]:
         set_rng_state(read_file(directory, metadata, rng_name), ps)
     return model, optim, metadata

@@ -1,6 +1,6 @@
 """Hugging Face import/export (``tools/convert_checkpoint.py --hf-import DIR`` / ``--hf-export DIR``).
 
-Both go through the universal form: import maps a local GPT-2 or Llama directory to full float32
+Both go through the universal form: import maps a local GPT-2, Llama, Mistral or Qwen2 directory to full float32
 tensors under our global names (empty optimizer state, iteration 0) and writes any target layout and
 precision level with ``write_layout``; export reads any checkpoint with ``read_universal`` and saves an
 HF model (safetensors) with ``save_pretrained``. Nothing is downloaded; ``transformers`` is imported only
@@ -15,13 +15,21 @@ from types import SimpleNamespace
 import torch
 
 from ..config import Config, ModelConfig, PrecisionConfig
+from ..fsutil import naming_write_errors, remove_quietly
 from . import hf_gpt2, hf_llama, hf_tokenizer
-from .atomic import read_tracker
-from .hf_common import check_shapes, load_hf_config, read_hf_weights, require_transformers
+from .hf_common import (
+    check_shapes,
+    load_hf_config,
+    read_hf_weights,
+    require_transformers,
+)
+from .hf_verify import verify_import
+from .lock import SaveDirLock
 from .state import config_summary
-from .universal import read_universal, write_layout
+from .tracker import read_tracker
+from .universal import prepare_target, read_universal, write_layout
 
-ARCHITECTURES = (hf_gpt2, hf_llama)
+ARCHITECTURES = (hf_gpt2, hf_llama.LLAMA, hf_llama.QWEN2, hf_llama.MISTRAL)  # export prefers the first that fits
 PROGRESS = {"iteration": 0, "consumed_samples": 0, "skipped_iterations": 0, "nan_iterations": 0}
 
 
@@ -33,18 +41,11 @@ def _architecture_of(hf_config, source: str):
     raise ValueError(f"{source}: model_type={hf_config.model_type!r} is not supported; supported: {supported}")
 
 
-def _check_layout(m: ModelConfig, tp: int, pp: int) -> None:
-    checks = (("--target-tensor-parallel-size", tp, "num_attention_heads", m.num_attention_heads),
-              ("--target-tensor-parallel-size", tp, "ffn_hidden_size", m.ffn_hidden_size),
-              ("--target-pipeline-parallel-size", pp, "num_layers", m.num_layers))
-    for flag, size, name, value in checks:
-        if value % size:
-            raise ValueError(f"{flag} {size} does not divide the model's {name} {value}")
-
-
 def import_hf(src: str, save: str, tp: int = 1, pp: int = 1, dp: int = 1, distributed_optimizer: bool = False,
-              fp8_level: str = "off", log=print) -> str:
-    """Write a megatron_fp8 checkpoint of the HF model in ``src`` under ``save``; returns its directory."""
+              fp8_level: str = "off", log=print, verify: bool = False) -> str:
+    """Write a megatron_fp8 checkpoint of the HF model in ``src`` under ``save``; returns its directory.
+    ``verify``: first compare our model's logits with transformers' on the converted weights (nothing is
+    written when they differ)."""
     if read_tracker(save) is not None:
         raise ValueError(f"--save {save} already holds a checkpoint; import into a new directory")
     source = os.path.join(src, "config.json")
@@ -52,31 +53,35 @@ def import_hf(src: str, save: str, tp: int = 1, pp: int = 1, dp: int = 1, distri
     arch = _architecture_of(hf_config, source)
     vocab = hf_config.vocab_size
     model = ModelConfig(vocab_size=vocab, **arch.model_fields(hf_config, source))
-    _check_layout(model, tp, pp)
-    m = asdict(model)
+    m = asdict(model)  # the unpadded shapes of the HF tensors
+    config = Config(model=model, precision=PrecisionConfig(fp8_level=fp8_level))
+    prepare_target(config, {"vocab_size": vocab}, tp, pp, dp, distributed_optimizer)  # fails before any reading
     params, unused = arch.to_megatron(read_hf_weights(src), m, src)
     if unused:
         raise ValueError(f"{src}: {len(unused)} tensors have no place in a {arch.ARCHITECTURE} "
                          f"(e.g. {sorted(unused)[0]!r}): not a plain {arch.ARCHITECTURE}")
     check_shapes(params, m, src)
+    if verify:
+        verify_import(src, params, m, log)
     with_tokenizer = hf_tokenizer.plan_import(src, vocab)
-    config = Config(model=model, precision=PrecisionConfig(fp8_level=fp8_level))
     os.makedirs(save, exist_ok=True)
     section = hf_tokenizer.copy_import_files(src, save, with_tokenizer)
     config.data = SimpleNamespace(**section) if section else None  # recorded in the checkpoint's config
     # no optimizer state: write_layout seeds every master (where a level keeps one) from the exact values
     universal = {"config": config_summary(config), "progress": dict(PROGRESS), "iteration": 0, "params": params,
                  "optim": {}, "step": 0, "fp8": {}}
-    out = write_layout(universal, config, tp, pp, dp, save, distributed_optimizer)
+    with SaveDirLock(save):
+        out = write_layout(universal, config, tp, pp, dp, save, distributed_optimizer)
     log(f" > imported {arch.ARCHITECTURE} from {src}: {model.num_layers} layers, hidden {model.hidden_size}, "
         f"vocab {vocab} (padded to {config.model.vocab_size}), TP{tp} PP{pp}, --fp8-level {fp8_level}, "
         f"tokenizer: {section['tokenizer_type'] if section else 'none'}")
     return out
 
 
-def _export_architecture(m: dict, source: str):
+def _export_architecture(m: dict, source: str, preferred: str | None = None):
+    """The architecture the model was imported from when it still fits, else the first that fits."""
     blockers = {}
-    for arch in ARCHITECTURES:
+    for arch in sorted(ARCHITECTURES, key=lambda a: a.MODEL_TYPE != preferred):
         blockers[arch.ARCHITECTURE] = arch.export_blockers(m)
         if not blockers[arch.ARCHITECTURE]:
             return arch
@@ -115,16 +120,18 @@ def export_hf(load: str, dest: str, log=print) -> str:
     require_transformers()  # fail before the (long) read when the extra is missing
     universal = read_universal(load)
     m = universal["config"]["model"]
-    arch = _export_architecture(m, load)
     section = hf_tokenizer.relocated(universal["config"].get("tokenizer") or {}, load)
     tokenizer = hf_tokenizer.build(section)
     base_dir = hf_tokenizer.source_dir(load, section)
     base = hf_tokenizer.read_json(os.path.join(base_dir, "config.json")) if base_dir else {}
+    arch = _export_architecture(m, load, base.get("model_type"))
     if base.get("model_type") != arch.MODEL_TYPE:
         base_dir, base = None, {}
     vocab = _export_vocab(m, base, tokenizer, load)
     params = {name: universal["optim"].get(name, {}).get("master", value)  # the precise copy where kept
               for name, value in universal["params"].items()}
+    if m.get("apply_layernorm_1p"):  # zero-centred weights: HF norms multiply by the weight itself
+        params.update({n: t + 1 for n, t in params.items() if n.endswith("layernorm.weight")})
     kwargs = arch.hf_config_kwargs(m, vocab, base)
     if not base:  # the HF defaults name ids of the original GPT-2/Llama vocabularies
         eod = tokenizer.eod if tokenizer is not None else None
@@ -135,14 +142,19 @@ def export_hf(load: str, dest: str, log=print) -> str:
     hf_config = arch.model_class().config_class(**fields)
     hf_config.architectures = [arch.ARCHITECTURE]
     staged = os.path.normpath(dest) + ".tmp"
-    shutil.rmtree(staged, ignore_errors=True)
-    _save_pretrained(arch, hf_config, arch.to_hf(params, m, vocab), staged)
-    if base_dir and os.path.isfile(os.path.join(base_dir, "generation_config.json")):
-        shutil.copy2(os.path.join(base_dir, "generation_config.json"), staged)
-    written = hf_tokenizer.copy_export_files(section, staged)
-    if os.path.isdir(dest):
-        os.rmdir(dest)  # empty (checked above)
-    os.replace(staged, dest)
+    remove_quietly(staged)
+    try:
+        with naming_write_errors(staged):
+            _save_pretrained(arch, hf_config, arch.to_hf(params, m, vocab), staged)
+            if base_dir and os.path.isfile(os.path.join(base_dir, "generation_config.json")):
+                shutil.copy2(os.path.join(base_dir, "generation_config.json"), staged)
+            written = hf_tokenizer.copy_export_files(section, staged)
+        if os.path.isdir(dest):
+            os.rmdir(dest)  # empty (checked above)
+        os.replace(staged, dest)
+    except BaseException:
+        remove_quietly(staged)  # no half-written export left behind
+        raise
     log(f" > exported {arch.ARCHITECTURE} (vocab {vocab}) to {dest}; tokenizer files: {', '.join(written) or 'none'}")
     return dest
 
@@ -157,12 +169,14 @@ def run(args) -> str:
                 raise ValueError("--hf-import needs --save DIR (where to write the megatron_fp8 checkpoint)")
             return import_hf(args.hf_import, args.save, args.target_tensor_parallel_size or 1,
                              args.target_pipeline_parallel_size or 1, args.target_data_parallel_size,
-                             args.target_use_distributed_optimizer, args.target_fp8_level or "off")
+                             args.target_use_distributed_optimizer, args.target_fp8_level or "off",
+                             verify=args.verify)
         if not args.load:
             raise ValueError("--hf-export needs --load DIR (the megatron_fp8 checkpoint to export)")
         ignored = [flag for flag, value in (("--save", args.save), ("--target-fp8-level", args.target_fp8_level),
                                             ("--target-tensor-parallel-size", args.target_tensor_parallel_size),
-                                            ("--target-pipeline-parallel-size", args.target_pipeline_parallel_size))
+                                            ("--target-pipeline-parallel-size", args.target_pipeline_parallel_size),
+                                            ("--verify", args.verify))
                    if value]
         if ignored:
             raise ValueError(f"{', '.join(ignored)} do not apply to --hf-export (it writes one float32 HF model)")

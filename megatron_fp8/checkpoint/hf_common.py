@@ -10,6 +10,8 @@ from typing import NoReturn
 
 import torch
 
+from .state import model_config_of
+
 INSTALL_HINT = "pip install 'megatron_fp8[hf]'"
 
 
@@ -81,17 +83,22 @@ def take_head(out: dict, state: dict, m: dict, source: str) -> None:
         state.pop("lm_head.weight", None)
 
 
-def qkv_per_head(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    """Stack separate Q/K/V rows ([h, ...] each, rows [heads, head_dim]) into our per-head layout
-    [heads, (q, k, v), head_dim]: a TP split then hands each rank whole heads."""
-    blocks = torch.stack([t.reshape(heads, -1, *t.shape[1:]) for t in (q, k, v)], dim=1)
-    return blocks.reshape(-1, *q.shape[1:]).contiguous()
+def qkv_per_group(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, groups: int) -> torch.Tensor:
+    """Stack separate Q/K/V rows (q: [heads * head_dim, ...], k and v: [groups * head_dim, ...]) into our
+    per-group layout [groups, (q_per_group + 2) * head_dim] (the group's query heads, its key head, its
+    value head; with one group per head: [heads, (q, k, v), head_dim]). A TP split hands each rank whole
+    groups."""
+    blocks = [t.reshape(groups, -1, *t.shape[1:]) for t in (q, k, v)]
+    return torch.cat(blocks, dim=1).reshape(-1, *q.shape[1:]).contiguous()
 
 
-def split_qkv(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Inverse of :func:`qkv_per_head`: separate, contiguous Q, K, V."""
-    blocks = qkv.reshape(heads, 3, -1, *qkv.shape[1:])
-    return tuple(blocks[:, i].reshape(-1, *qkv.shape[1:]).contiguous() for i in range(3))
+def split_qkv(qkv: torch.Tensor, groups: int, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`qkv_per_group`: separate, contiguous Q, K, V."""
+    head_dim = qkv.shape[0] // (heads + 2 * groups)
+    per_group = heads // groups
+    blocks = qkv.reshape(groups, (per_group + 2) * head_dim, *qkv.shape[1:])
+    parts = blocks.split([per_group * head_dim, head_dim, head_dim], dim=1)
+    return tuple(t.reshape(-1, *qkv.shape[1:]).contiguous() for t in parts)
 
 
 def refuse(source: str, field: str, value, why: str) -> NoReturn:
@@ -101,17 +108,18 @@ def refuse(source: str, field: str, value, why: str) -> NoReturn:
 def expected_shapes(m: dict) -> dict[str, tuple]:
     """Global name -> full (unpadded) shape of every parameter of the model ``m`` describes."""
     h, f, v = m["hidden_size"], m["ffn_hidden_size"], m["vocab_size"]
-    bias = m["add_bias_linear"]
+    dims = model_config_of(m)
+    attn = dims.num_attention_heads * dims.head_dim
     norm = ("weight", "bias") if m["normalization"] == "LayerNorm" else ("weight",)
     shapes = {"embedding.word_embeddings.weight": (v, h)}
     if m["position_embedding_type"] == "learned_absolute":
         shapes["embedding.position_embeddings.weight"] = (m["max_position_embeddings"], h)
-    linears = {"self_attention.linear_qkv": (3 * h, h), "self_attention.linear_proj": (h, h),
+    linears = {"self_attention.linear_qkv": (dims.qkv_size, h), "self_attention.linear_proj": (h, attn),
                "mlp.linear_fc1": ((2 if m["swiglu"] else 1) * f, h), "mlp.linear_fc2": (h, f)}
     for i in range(m["num_layers"]):
         for name, shape in linears.items():
             shapes[f"decoder.layers.{i}.{name}.weight"] = shape
-            if bias:
+            if m["add_bias_linear"] or (name.endswith("qkv") and m.get("add_qkv_bias")):
                 shapes[f"decoder.layers.{i}.{name}.bias"] = shape[:1]
         for n in ("input_layernorm", "pre_mlp_layernorm"):
             shapes.update({f"decoder.layers.{i}.{n}.{p}": (h,) for p in norm})

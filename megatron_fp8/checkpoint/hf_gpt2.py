@@ -7,7 +7,8 @@ GPT-2's linears are ``Conv1D`` modules whose weights are stored transposed ([in,
 
 import torch
 
-from .hf_common import qkv_per_head, refuse, split_qkv, take, take_head
+from .hf_common import qkv_per_group, refuse, split_qkv, take, take_head
+from .state import model_config_of
 
 MODEL_TYPE = "gpt2"
 ARCHITECTURE = "GPT2LMHeadModel"
@@ -64,8 +65,8 @@ def to_megatron(state: dict, m: dict, source: str) -> tuple[dict, dict]:
                 out[f"{dst}.{b}.{p}"] = take(state, f"{src}.{a}.{p}", source)
         qkv_w = take(state, f"{src}.attn.c_attn.weight", source).t()
         qkv_b = take(state, f"{src}.attn.c_attn.bias", source)
-        out[f"{dst}.self_attention.linear_qkv.weight"] = qkv_per_head(*qkv_w.chunk(3, dim=0), heads)
-        out[f"{dst}.self_attention.linear_qkv.bias"] = qkv_per_head(*qkv_b.chunk(3, dim=0), heads)
+        out[f"{dst}.self_attention.linear_qkv.weight"] = qkv_per_group(*qkv_w.chunk(3, dim=0), heads)
+        out[f"{dst}.self_attention.linear_qkv.bias"] = qkv_per_group(*qkv_b.chunk(3, dim=0), heads)
         _linear(out, state, f"{src}.attn.c_proj", f"{dst}.self_attention.linear_proj", source)
         _linear(out, state, f"{src}.mlp.c_fc", f"{dst}.mlp.linear_fc1", source)
         _linear(out, state, f"{src}.mlp.c_proj", f"{dst}.mlp.linear_fc2", source)
@@ -86,6 +87,9 @@ def export_blockers(m: dict) -> list[str]:
         blockers.append("--swiglu (GPT-2's MLP is GeLU)")
     if not m["add_bias_linear"]:
         blockers.append("--disable-bias-linear (GPT-2's linears have biases)")
+    dims = model_config_of(m)
+    if dims.query_groups != dims.num_attention_heads or dims.head_dim * dims.num_attention_heads != m["hidden_size"]:
+        blockers.append("grouped-query attention or --kv-channels (GPT-2 has hidden/heads-sized heads, one K/V each)")
     return blockers
 
 
@@ -107,7 +111,7 @@ def hf_config_kwargs(m: dict, vocab_size: int, base: dict) -> dict:
 
 def _fused_qkv(qkv: torch.Tensor, heads: int) -> torch.Tensor:
     """Per-head QKV rows -> ``[q_all; k_all; v_all]`` (GPT-2's fused order, before transposing)."""
-    return torch.cat(split_qkv(qkv, heads), dim=0)
+    return torch.cat(split_qkv(qkv, heads, heads), dim=0)
 
 
 def _conv1d(out: dict, params: dict, src: str, dst: str) -> None:

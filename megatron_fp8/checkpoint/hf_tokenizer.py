@@ -19,6 +19,7 @@ HF_DIR = "hf"  # under a checkpoint root: the imported model's config.json and t
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja", "chat_template.json")
 SIDE_FILES = ("config.json", "generation_config.json")  # kept so export can restore what we do not model
+HF_DIRECTORY_TYPES = ("HuggingFaceTokenizer", "SFTTokenizer")  # tokenizers read from an HF file or directory
 
 
 def warn(message: str) -> None:
@@ -95,7 +96,7 @@ def relocated(section: dict, root: str) -> dict:
 def source_dir(root: str, section: dict) -> str | None:
     """Where the config of the HF model a checkpoint was imported from lives, if anywhere."""
     candidates = [os.path.join(root, HF_DIR)]
-    if section.get("tokenizer_type") == "HuggingFaceTokenizer" and section.get("tokenizer_model"):
+    if section.get("tokenizer_type") in HF_DIRECTORY_TYPES and section.get("tokenizer_model"):
         candidates.append(section["tokenizer_model"])
     for d in candidates:
         if os.path.isfile(os.path.join(d, "config.json")):
@@ -119,7 +120,7 @@ def copy_export_files(section: dict, dest: str) -> list[str]:
         else:
             warn(f"tokenizer file {path} is missing; not exported")
 
-    if kind == "HuggingFaceTokenizer":
+    if kind in HF_DIRECTORY_TYPES:
         path = section.get("tokenizer_model") or ""
         if os.path.isdir(path):  # a tokenizer directory: every tokenizer file it has
             for name in TOKENIZER_FILES:

@@ -23,8 +23,12 @@ FORMAT = "megatron_fp8/v1"
 MODEL_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size", "vocab_size",
                 "max_position_embeddings", "position_embedding_type", "normalization", "swiglu",
                 "untie_embeddings_and_output_weights", "add_bias_linear", "openai_gelu", "rotary_base",
-                "layernorm_epsilon")
-PRECISION_FIELDS = ("fp8_level", "bf16", "main_params_dtype", "exp_avg_dtype", "exp_avg_sq_dtype")
+                "layernorm_epsilon", "add_qkv_bias", "rotary_percent", "use_rope_scaling",
+                "rope_scaling_factor", "apply_layernorm_1p")
+# The attention shape as resolved (--kv-channels and --num-query-groups default from the other fields).
+RESOLVED_FIELDS = {"kv_channels": "head_dim", "num_query_groups": "query_groups"}
+PRECISION_FIELDS = ("fp8_level", "bf16", "fp16", "main_params_dtype", "exp_avg_dtype", "exp_avg_sq_dtype")
+RECIPE_FIELDS = ("format", "recipe", "amax_history_len")  # Fp8Recipe fields, flags --fp8-<field>
 
 
 def model_state(model: torch.nn.Module, pstate: ParallelState, config: Config) -> dict:
@@ -61,8 +65,22 @@ def load_model_state(model: torch.nn.Module, state: dict, source: str) -> None:
             mod.fp8_state.load_state_dict(state["fp8"][name])
 
 
+def _numpy_state() -> dict:
+    """numpy's global RNG state as plain numbers and a tensor (no ndarray: files load with weights_only)."""
+    key, words, pos, has_gauss, cached = np.random.get_state()
+    return {"key": key, "words": torch.from_numpy(words.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def _set_numpy_state(state) -> None:
+    if isinstance(state, dict):
+        state = (state["key"], state["words"].numpy().astype(np.uint32), state["pos"], state["has_gauss"],
+                 state["cached_gaussian"])
+    np.random.set_state(state)  # a tuple with an ndarray: files written before the plain form
+
+
 def rng_state(pstate: ParallelState) -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    state = {"python": random.getstate(), "numpy": _numpy_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     if pstate.rng is not None:
@@ -72,15 +90,19 @@ def rng_state(pstate: ParallelState) -> dict:
 
 def set_rng_state(state: dict, pstate: ParallelState) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    _set_numpy_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     if "tp_tracker" in state and pstate.rng is not None:
-        pstate.rng.state = state["tp_tracker"]
+        # A generator state only fits a generator of the same kind: a CUDA (Philox) state saved on a GPU
+        # cannot drive a CPU generator, so loading on another device keeps this run's freshly seeded stream.
+        if state["tp_tracker"].numel() == pstate.rng.state.numel():
+            pstate.rng.state = state["tp_tracker"]
 
 
-TOKENIZER_FIELDS = ("tokenizer_type", "tokenizer_model", "vocab_file", "merge_file", "vocab_size")
+TOKENIZER_FIELDS = ("tokenizer_type", "tokenizer_model", "vocab_file", "merge_file", "vocab_size",
+                    "sft_tokenizer_prompt_format")
 
 
 def config_summary(config: Config) -> dict:
@@ -93,18 +115,35 @@ def config_summary(config: Config) -> dict:
             "tokenizer": {k: getattr(data, k, None) for k in TOKENIZER_FIELDS} if data is not None else {}}
 
 
+def model_config_of(model: dict) -> ModelConfig:
+    """The ModelConfig a checkpoint's (or import's) model section describes; fields this version does not
+    know are left out, fields older checkpoints lack take their defaults."""
+    return ModelConfig(**{k: v for k, v in model.items() if k in ModelConfig.__dataclass_fields__})
+
+
 def check_config(saved: dict, config: Config, source: str) -> None:
     """Fail with the first field where the checkpoint and the current flags disagree."""
     current = config_summary(config)
     defaults = {"model": ModelConfig.__dataclass_fields__, "precision": PrecisionConfig.__dataclass_fields__}
-    for section, keys in (("model", MODEL_FIELDS), ("precision", PRECISION_FIELDS)):
+    resolved = {"model": (model_config_of(saved["model"]), config.model)}
+    for section, keys in (("model", MODEL_FIELDS + tuple(RESOLVED_FIELDS)), ("precision", PRECISION_FIELDS)):
         for key in keys:
-            value = current[section][key]
-            old = saved[section].get(key, defaults[section][key].default)  # fields newer than the checkpoint
+            if key in RESOLVED_FIELDS:  # compare what the model computes with, not how it was spelled
+                old, value = (getattr(c, RESOLVED_FIELDS[key]) for c in resolved[section])
+            else:
+                value = current[section][key]
+                old = saved[section].get(key, defaults[section][key].default)  # fields newer than the checkpoint
             if old != value:
                 flag = "--" + key.replace("_", "-")
                 raise ValueError(f"{source}: checkpoint was saved with {flag}={old!r}, "
                                  f"but this run has {flag}={value!r}")
+    saved_recipe = saved["precision"].get("recipe", {}) if config.precision.fp8_level != "off" else {}
+    for key in RECIPE_FIELDS:  # what the saved FP8 scaling state (scales, amax histories) means
+        value, old = current["precision"]["recipe"][key], saved_recipe.get(key)
+        if old is not None and old != value:
+            flag = "--fp8-" + key.replace("_", "-")
+            raise ValueError(f"{source}: checkpoint was saved with {flag}={old!r}, but this run has "
+                             f"{flag}={value!r}; resume with the checkpoint's {flag}")
 
 
 def config_from_summary(summary: dict, fp8_level: str | None = None) -> Config:
@@ -113,6 +152,6 @@ def config_from_summary(summary: dict, fp8_level: str | None = None) -> Config:
     precision = dict(summary["precision"])
     recipe = Fp8Recipe(**precision.pop("recipe"))
     if fp8_level is not None and fp8_level != precision["fp8_level"]:
-        precision = {"fp8_level": fp8_level, "bf16": precision["bf16"]}
+        precision = {"fp8_level": fp8_level, "bf16": precision["bf16"], "fp16": precision.get("fp16", False)}
     return Config(model=ModelConfig(**summary["model"]), parallel=ParallelConfig(**summary["parallel"]),
                   precision=PrecisionConfig(recipe=recipe, **precision))

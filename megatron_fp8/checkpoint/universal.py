@@ -6,28 +6,28 @@ scaling state. ``write_layout`` builds every rank's files for any target TP/PP/D
 values are sharded and requantized with fresh scales into whatever storage the target level uses.
 """
 
-import json
 import os
-import shutil
 
 import torch
 
 from ..config import Config
 from ..fp8.reference import load as load_stored
+from ..fsutil import remove_quietly
 from ..layers.embedding import padded_vocab_size
 from ..layers.weights import assign_value, param_info, stored_copy
 from ..model import GPTModel
 from ..optim.adamw import AdamWSettings, Fp8AdamW
 from ..optim.ownership import assign_param_owners
 from ..parallel.state import ParallelState
-from .atomic import iteration_dir, publish
-from .distributed import METADATA, _write, model_file, optim_file, read_file, read_metadata
+from .distributed import _write, model_file, optim_file, read_file, read_metadata, write_metadata
 from .names import global_name, resize_vocab, shard, unshard
+from .paths import no_checkpoint_message
 from .state import FORMAT, config_summary, model_state
+from .tracker import iteration_dir, publish, staging_dir
 
 VOCAB_ROWS = ("embedding.word_embeddings.weight", "output_layer.weight")
 STATE_KEYS = ("master", "exp_avg", "exp_avg_sq")
-MOMENTS = ("exp_avg", "exp_avg_sq")  # the master is seeded by assign_value in write_layout
+MOMENTS = ("exp_avg", "exp_avg_sq")  # the master is seeded by assign_value in assign_model
 
 
 def _real(stored: dict, key: str) -> torch.Tensor | None:
@@ -40,7 +40,7 @@ def read_universal(root: str) -> dict:
     """Full float32 model and optimizer state of the newest checkpoint under ``root``."""
     found = read_metadata(root)
     if found is None:
-        raise FileNotFoundError(f"{root}: no checkpoint (no latest_checkpointed_iteration.txt)")
+        raise FileNotFoundError(no_checkpoint_message(root))
     directory, metadata = found
     layout = metadata["layout"]
     sharded_opt = layout["distributed_optimizer"] and layout["dp"] > 1
@@ -51,6 +51,8 @@ def read_universal(root: str) -> dict:
             model = read_file(directory, metadata, model_file(tp_rank, pp_rank))
             optim_params = {}
             for dp_rank in range(layout["dp"] if sharded_opt else 1):
+                if optim_file(tp_rank, pp_rank, dp_rank) not in metadata["files"]:
+                    continue  # saved with --no-save-optim: the weights alone
                 optim = read_file(directory, metadata, optim_file(tp_rank, pp_rank, dp_rank))
                 optim_params.update(optim["params"])
                 step = optim["step"]
@@ -98,20 +100,53 @@ def _full_value(universal: dict, name: str, rows: int, key: str | None = None) -
     return full
 
 
+def prepare_target(config: Config, saved_model: dict, tp: int, pp: int, dp: int,
+                   distributed_optimizer: bool) -> None:
+    """Set the target layout and its padded vocabulary on ``config`` and validate it (before any work)."""
+    m = config.model
+    m.unpadded_vocab_size = saved_model.get("unpadded_vocab_size") or saved_model["vocab_size"]
+    m.vocab_size = padded_vocab_size(m.unpadded_vocab_size, m.make_vocab_size_divisible_by, tp)
+    p = config.parallel
+    p.tensor_model_parallel_size, p.pipeline_model_parallel_size = tp, pp
+    p.use_distributed_optimizer = distributed_optimizer
+    p.sequence_parallel = p.sequence_parallel and tp > 1
+    try:
+        config.validate_layout(tp * pp * dp, batch=False)
+    except ValueError as err:  # name the converter's flags, not the training ones
+        message = str(err)
+        for flag in ("tensor-model-parallel-size", "pipeline-model-parallel-size"):
+            message = message.replace(f"--{flag}", f"--target-{flag.replace('-model', '')}")
+        raise ValueError(message) from None
+
+
 def write_layout(universal: dict, config: Config, tp: int, pp: int, dp: int, root: str,
                  distributed_optimizer: bool = False) -> str:
     """Write a checkpoint of ``universal`` for the target layout and ``config``'s precision level."""
-    m = config.model
-    saved = universal["config"]["model"]
-    m.unpadded_vocab_size = saved.get("unpadded_vocab_size") or saved["vocab_size"]
-    m.vocab_size = padded_vocab_size(m.unpadded_vocab_size, m.make_vocab_size_divisible_by, tp)
-    config.parallel.tensor_model_parallel_size, config.parallel.pipeline_model_parallel_size = tp, pp
-    config.parallel.use_distributed_optimizer = distributed_optimizer
-    config.parallel.sequence_parallel = config.parallel.sequence_parallel and tp > 1
+    prepare_target(config, universal["config"]["model"], tp, pp, dp, distributed_optimizer)
     iteration = universal["iteration"]
-    staged = iteration_dir(root, iteration) + ".tmp"
-    shutil.rmtree(staged, ignore_errors=True)
+    os.makedirs(root, exist_ok=True)
+    staged = staging_dir(root, iteration)
+    remove_quietly(staged)
     os.makedirs(staged)
+    try:
+        files = _write_shards(universal, config, tp, pp, dp, distributed_optimizer, staged)
+        summary = config_summary(config)
+        if config.data is None:  # keep the source's tokenizer: generate.py and resumed runs need it
+            summary["tokenizer"] = universal["config"].get("tokenizer", {})
+        write_metadata(staged, {"format": FORMAT, "iteration": iteration, "progress": universal["progress"],
+                                "config": summary, "files": files,
+                                "layout": {"tp": tp, "pp": pp, "dp": dp,
+                                           "distributed_optimizer": distributed_optimizer}})
+        publish(root, iteration, staged)
+    except BaseException:
+        remove_quietly(staged)  # a failed conversion (a full disk, say) leaves no litter behind
+        raise
+    return iteration_dir(root, iteration)
+
+
+def _write_shards(universal, config, tp, pp, dp, distributed_optimizer, staged) -> dict:
+    """Every rank's model and optimizer files of the target layout, written into ``staged``."""
+    m = config.model
     files = {}
     tied = not m.untie_embeddings_and_output_weights
     for pp_rank in range(pp):
@@ -119,21 +154,7 @@ def write_layout(universal: dict, config: Config, tp: int, pp: int, dp: int, roo
             pstate = ParallelState(tp_size=tp, tp_rank=tp_rank, pp_size=pp, pp_rank=pp_rank, dp_size=dp)
             model = GPTModel(config, pstate)
             named = list(model.named_parameters())
-            for local, p in named:
-                name = global_name(local, pstate, m.num_layers, tied) or "embedding.word_embeddings.weight"
-                # the master copy, where the source kept one, is more precise than the model weight; the
-                # value assigned here also seeds the target's master (an `off` FP32 weight seeds O3's)
-                full = _full_value(universal, name, m.vocab_size, "master")
-                full = full if full is not None else _full_value(universal, name, m.vocab_size)
-                info = param_info(p)
-                assign_value(p, shard(full, info.partition_dim, tp_rank, tp, info.tp_stacked))
-            for module, mod in model.named_modules():
-                saved = universal["fp8"].get(_global_module(module, pstate, m.num_layers))
-                if getattr(mod, "fp8_state", None) is not None and saved is not None:
-                    try:
-                        mod.fp8_state.load_state_dict(saved)
-                    except ValueError:  # another --fp8-amax-history-len: start the history afresh
-                        pass
+            assign_model(model, universal, config, pstate)
             files[model_file(tp_rank, pp_rank)] = _write(os.path.join(staged, model_file(tp_rank, pp_rank)),
                                                          model_state(model, pstate, config))
             owners = assign_param_owners([p for _, p in named], dp if distributed_optimizer else 1)
@@ -142,17 +163,37 @@ def write_layout(universal: dict, config: Config, tp: int, pp: int, dp: int, roo
                 opt = _optimizer_for(universal, config, owned, pstate, m.num_layers, tied)
                 files[optim_file(tp_rank, pp_rank, dp_rank)] = _write(
                     os.path.join(staged, optim_file(tp_rank, pp_rank, dp_rank)), opt.state_dict())
-    summary = config_summary(config)
-    if config.data is None:  # keep the source's tokenizer: generate.py and resumed runs need it
-        summary["tokenizer"] = universal["config"].get("tokenizer", {})
-    metadata = {"format": FORMAT, "iteration": iteration, "progress": universal["progress"],
-                "config": summary, "files": files,
-                "layout": {"tp": tp, "pp": pp, "dp": dp, "distributed_optimizer": distributed_optimizer}}
-    with open(os.path.join(staged, METADATA), "w", encoding="utf-8") as f:
-        json.dump(metadata, f, indent=1, default=str)
-    os.makedirs(root, exist_ok=True)
-    publish(root, iteration, staged)
-    return iteration_dir(root, iteration)
+    return files
+
+
+def local_values(universal: dict, config: Config, pstate: ParallelState, named) -> dict[str, torch.Tensor]:
+    """This rank's shard of every parameter in ``named`` as float32, from the master copy where the
+    source kept one (it is more precise than the model weight), with this layout's vocabulary rows."""
+    m, tied = config.model, not config.model.untie_embeddings_and_output_weights
+    out = {}
+    for local, p in named:
+        name = global_name(local, pstate, m.num_layers, tied) or "embedding.word_embeddings.weight"
+        full = _full_value(universal, name, m.vocab_size, "master")
+        full = full if full is not None else _full_value(universal, name, m.vocab_size)
+        info = param_info(p)
+        out[local] = shard(full, info.partition_dim, pstate.tp_rank, pstate.tp_size, info.tp_stacked)
+    return out
+
+
+def assign_model(model: GPTModel, universal: dict, config: Config, pstate: ParallelState) -> None:
+    """Store the universal form's weights (requantized into this level's storage) and FP8 scaling state in
+    ``model``, a stage of ``pstate``'s layout. The float32 values assigned also seed the masters of the
+    optimizer built next, where this level keeps one (an `off` FP32 weight seeds O3's FP16 master)."""
+    values = local_values(universal, config, pstate, list(model.named_parameters()))
+    for local, p in model.named_parameters():
+        assign_value(p, values[local])
+    for module, mod in model.named_modules():
+        saved = universal["fp8"].get(_global_module(module, pstate, config.model.num_layers))
+        if getattr(mod, "fp8_state", None) is not None and saved is not None:
+            try:
+                mod.fp8_state.load_state_dict(saved)
+            except ValueError:  # another --fp8-amax-history-len: start the history afresh
+                pass
 
 
 def _global_module(module: str, pstate: ParallelState, num_layers: int) -> str:

@@ -10,7 +10,7 @@ import json
 from collections import Counter, defaultdict
 from typing import Iterable
 
-from megatron_fp8.data.fsutil import atomic_file
+from megatron_fp8.fsutil import atomic_file
 from megatron_fp8.data.gpt2_bpe import BYTE_TO_CHAR, EOT, pretokenize, to_byte_chars
 
 

@@ -12,7 +12,10 @@ import numpy as np
 from megatron_fp8.data.blended_dataset import BlendedDataset
 from megatron_fp8.data.gpt_dataset import GPTDataset
 from megatron_fp8.data.indexed_dataset import IndexedDataset
+from megatron_fp8.data.ltor import with_ltor_masks
 from megatron_fp8.data.mock_dataset import MockLowLevelDataset
+from megatron_fp8.data.sft_dataset import SFTConversations, SFTDataset
+from megatron_fp8.data.vocab_check import check_token_ids
 
 SPLIT_NAMES = ("train", "valid", "test")
 BLEND_MARGIN = 1.005  # each component gets 0.5% more samples than its share, as in Megatron
@@ -30,11 +33,11 @@ def split_ranges(num_documents: int, fractions) -> list[tuple[int, int]]:
 def _cache_dir(cfg, prefix: str) -> str:
     """--data-cache-path, else Megatron's default: a cache folder next to the data."""
     return cfg.data_cache_path or os.path.join(os.path.dirname(os.path.abspath(prefix)), "cache",
-                                               "GPTDataset_indices")
+                                               "SFTDataset_indices" if cfg.sft else "GPTDataset_indices")
 
 
-def _split_datasets(cfg, low_level, cache_dir, samples):
-    """One GPTDataset per split with a non-zero fraction and a non-zero sample request, else None."""
+def _split_datasets(cfg, low_level, cache_dir, samples, tokenizer):
+    """One GPTDataset (SFTDataset with --sft) per split with a non-zero fraction and sample request, else None."""
     out = []
     ranges = split_ranges(len(low_level), cfg.split_fractions)
     for name, fraction, (start, end), num in zip(SPLIT_NAMES, cfg.split_fractions, ranges, samples):
@@ -44,18 +47,28 @@ def _split_datasets(cfg, low_level, cache_dir, samples):
         if start == end:
             raise ValueError(f"--split: the {name} split of {low_level.prefix} gets no documents "
                              f"({len(low_level)} documents, split {cfg.split})")
-        out.append(GPTDataset(low_level, (start, end), num, cfg.seq_length, cfg.seed, cache_dir, name))
+        if cfg.sft:
+            out.append(SFTDataset(low_level, (start, end), num, cfg.seq_length, cfg.seed, cache_dir, name,
+                                  tokenizer.pad))
+        else:
+            out.append(GPTDataset(low_level, (start, end), num, cfg.seq_length, cfg.seed, cache_dir, name))
     return out
 
 
 def _build(cfg, tokenizer, samples):
     if cfg.mock_data:
         low_level = MockLowLevelDataset(tokenizer.vocab_size, cfg.seq_length, cfg.seed)
-        return tuple(_split_datasets(cfg, low_level, None, samples))
+        return tuple(_split_datasets(cfg, low_level, None, samples, tokenizer))
     prefixes, weights = cfg.blend
-    low_levels = [IndexedDataset(p) for p in prefixes]
+    if cfg.sft:
+        low_levels = [SFTConversations(p, tokenizer, _cache_dir(cfg, p)) for p in prefixes]
+    else:
+        low_levels = [IndexedDataset(p) for p in prefixes]
+        for low_level, prefix in zip(low_levels, prefixes):
+            if tokenizer is not None:  # (index-only callers pass none)
+                check_token_ids(low_level, tokenizer.vocab_size, _cache_dir(cfg, prefix), cfg.tokenizer_type)
     if len(prefixes) == 1:
-        return tuple(_split_datasets(cfg, low_levels[0], _cache_dir(cfg, prefixes[0]), samples))
+        return tuple(_split_datasets(cfg, low_levels[0], _cache_dir(cfg, prefixes[0]), samples, tokenizer))
     if weights is None:  # unweighted list: proportional to each dataset's tokens
         weights = [d.num_tokens for d in low_levels]
     total = float(sum(weights))
@@ -63,7 +76,7 @@ def _build(cfg, tokenizer, samples):
     per_dataset = []
     for low_level, prefix, w in zip(low_levels, prefixes, weights):
         wanted = [None if n is None else int(math.ceil(n * w * BLEND_MARGIN)) for n in samples]
-        per_dataset.append(_split_datasets(cfg, low_level, _cache_dir(cfg, prefix), wanted))
+        per_dataset.append(_split_datasets(cfg, low_level, _cache_dir(cfg, prefix), wanted, tokenizer))
     blends = []
     for s, (name, num) in enumerate(zip(SPLIT_NAMES, samples)):
         parts = [(d[s], w) for d, w in zip(per_dataset, weights) if d[s] is not None]
@@ -77,13 +90,20 @@ def _build(cfg, tokenizer, samples):
 
 
 def build_train_valid_test_datasets(cfg, tokenizer, train_samples, valid_samples, test_samples, rank=0,
-                                    barrier=None):
-    """(train, valid, test) map-style datasets whose items are {"text": int64[seq_length + 1]}.
+                                    barrier=None, log=None):
+    """(train, valid, test) map-style datasets whose items are {"text": int64[seq_length + 1]}, or ready
+    micro-batch rows (see data/ltor.py, data/sft_dataset.py) with --sft or Megatron's reset/eod-mask flags.
 
     A split is None when its --split part is 0 or its sample count is 0; a count of None means one epoch.
+    ``log`` receives one line per SFT split (packing, truncated and skipped conversations).
     """
     samples = (train_samples, valid_samples, test_samples)
-    return rank_zero_first(lambda: _build(cfg, tokenizer, samples), rank, barrier)
+    datasets = rank_zero_first(lambda: _build(cfg, tokenizer, samples), rank, barrier)
+    for dataset in datasets:
+        for part in getattr(dataset, "datasets", [dataset]):
+            if log is not None and getattr(part, "summary", None):
+                log(f" > SFT data, {part.summary}")
+    return datasets if cfg.sft else with_ltor_masks(datasets, cfg, tokenizer.eod)
 
 
 def rank_zero_first(build, rank=0, barrier=None):

@@ -18,7 +18,7 @@ import time
 import types
 
 from megatron_fp8.data.builder import rank_zero_first
-from megatron_fp8.data.fsutil import atomic_dir, remove_quietly
+from megatron_fp8.fsutil import atomic_dir, remove_quietly
 from megatron_fp8.data.preprocess import preprocess_jsonl
 from megatron_fp8.data.tokenizer_training import train_sentencepiece
 

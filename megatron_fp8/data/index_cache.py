@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from megatron_fp8.data.fsutil import atomic_file, atomic_write_bytes
+from megatron_fp8.fsutil import atomic_file, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 

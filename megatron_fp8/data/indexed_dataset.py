@@ -14,7 +14,7 @@ import struct
 
 import numpy as np
 
-from megatron_fp8.data.fsutil import remove_quietly, temp_name
+from megatron_fp8.fsutil import naming_write_errors, remove_quietly, temp_name
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
@@ -111,6 +111,11 @@ class IndexedDataset:
         return {"prefix": os.path.abspath(self.prefix), "sequences": len(self), "tokens": self.num_tokens,
                 "idx_bytes": os.path.getsize(idx_path(self.prefix))}
 
+    @property
+    def tokens(self) -> np.ndarray:
+        """Every token of the .bin, back to back (a memory map)."""
+        return self._bin
+
     def __getstate__(self):  # reopen in DataLoader workers instead of pickling the whole memory map
         return {"prefix": self.prefix}
 
@@ -148,7 +153,8 @@ class IndexedDatasetBuilder:
         """One document of one sequence (an empty one adds only a document boundary, as Megatron does)."""
         arr = np.asarray(tokens, dtype=self.dtype)
         if arr.size:
-            self._bin.write(arr.tobytes(order="C"))
+            with naming_write_errors(bin_path(self.prefix)):  # a full disk names the output
+                self._bin.write(arr.tobytes(order="C"))
             self._lengths.append(arr.size)
         self._doc_ends.append(len(self._lengths))
 
@@ -167,25 +173,33 @@ class IndexedDatasetBuilder:
     def finalize(self) -> None:
         """Write the index and rename both files into place (.bin first, so an .idx implies its .bin)."""
         try:
-            self._bin.close()
-            lengths = np.frombuffer(self._lengths, dtype=np.int32) if self._lengths else np.zeros(0, np.int32)
-            pointers = np.zeros(lengths.size, dtype=np.int64)
-            np.cumsum(lengths[:-1].astype(np.int64) * self.dtype.itemsize, out=pointers[1:])
-            documents = np.frombuffer(self._doc_ends, dtype=np.int64)
-            with open(self._tmp_idx, "wb") as out:
-                out.write(HEADER.pack(MAGIC, VERSION, CODE_OF_DTYPE[self.dtype], lengths.size, documents.size))
-                out.write(lengths.astype("<i4").tobytes())
-                out.write(pointers.astype("<i8").tobytes())
-                out.write(documents.astype("<i8").tobytes())
-            os.replace(self._tmp_bin, bin_path(self.prefix))
-            os.replace(self._tmp_idx, idx_path(self.prefix))
+            with naming_write_errors(idx_path(self.prefix)):
+                self._finalize()
         except BaseException:
             self.abort()
             raise
 
+    def _finalize(self) -> None:
+        with naming_write_errors(bin_path(self.prefix)):
+            self._bin.close()  # flushes the last tokens
+        lengths = np.frombuffer(self._lengths, dtype=np.int32) if self._lengths else np.zeros(0, np.int32)
+        pointers = np.zeros(lengths.size, dtype=np.int64)
+        np.cumsum(lengths[:-1].astype(np.int64) * self.dtype.itemsize, out=pointers[1:])
+        documents = np.frombuffer(self._doc_ends, dtype=np.int64)
+        with open(self._tmp_idx, "wb") as out:
+            out.write(HEADER.pack(MAGIC, VERSION, CODE_OF_DTYPE[self.dtype], lengths.size, documents.size))
+            out.write(lengths.astype("<i4").tobytes())
+            out.write(pointers.astype("<i8").tobytes())
+            out.write(documents.astype("<i8").tobytes())
+        os.replace(self._tmp_bin, bin_path(self.prefix))
+        os.replace(self._tmp_idx, idx_path(self.prefix))
+
     def abort(self) -> None:
         """Drop the temporary files; anything already at the final names is left untouched."""
         if not self._bin.closed:
-            self._bin.close()
+            try:
+                self._bin.close()
+            except OSError:  # flushing onto a full disk fails again: the first error is the one raised
+                pass
         remove_quietly(self._tmp_bin)
         remove_quietly(self._tmp_idx)

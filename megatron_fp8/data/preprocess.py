@@ -100,10 +100,18 @@ def _encode_line(raw: bytes):
                 value.encode("utf-8")
             except UnicodeEncodeError as err:  # a lone surrogate from a JSON escape such as \ud800
                 return f"key {key!r} is not valid Unicode ({err.reason} at character {err.start})", None
-        ids = tokenizer.encode(value)
+        try:
+            ids = tokenizer.encode(value)
+        except ValueError as err:  # NullTokenizer: text that is not ids
+            return f"key {key!r}: {err}", None
         if ids and _STATE["append_eod"]:
             ids.append(tokenizer.eod)
-        out.append(np.asarray(ids, dtype=_STATE["dtype"]))
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= tokenizer.vocab_size):
+            bad = int(ids[(ids < 0) | (ids >= tokenizer.vocab_size)][0])
+            return (f"key {key!r}: token id {bad} is outside the tokenizer's vocabulary "
+                    f"(0..{tokenizer.vocab_size - 1})"), None
+        out.append(ids.astype(_STATE["dtype"]))
     return None, out
 
 

@@ -5,7 +5,8 @@ import os
 
 from megatron_fp8.data.gpt2_bpe import EOT, ByteLevelBPE
 
-TOKENIZER_TYPES = ("GPT2BPETokenizer", "SentencePieceTokenizer", "HuggingFaceTokenizer", "NullTokenizer")
+TOKENIZER_TYPES = ("GPT2BPETokenizer", "SentencePieceTokenizer", "HuggingFaceTokenizer", "SFTTokenizer",
+                   "NullTokenizer")
 
 
 def as_int_list(ids) -> list[int]:
@@ -141,7 +142,12 @@ class NullTokenizer(Tokenizer):
         self.eod = int(vocab_size)
 
     def encode(self, text: str) -> list[int]:
-        return [int(x) for x in text.split()]
+        try:
+            return [int(x) for x in text.split()]
+        except ValueError:
+            bad = next(x for x in text.split() if not x.lstrip("+-").isdigit())
+            raise ValueError(f"{bad[:40]!r} is not a token id (NullTokenizer reads space-separated "
+                             "integer ids)") from None
 
     def decode(self, ids) -> str:
         return " ".join(map(str, as_int_list(ids)))
@@ -156,6 +162,10 @@ def build_tokenizer(cfg) -> Tokenizer:
         return SentencePieceTokenizer(cfg.tokenizer_model)
     if kind == "HuggingFaceTokenizer":
         return HuggingFaceTokenizer(cfg.tokenizer_model)
+    if kind == "SFTTokenizer":
+        from megatron_fp8.data.chat import SFTTokenizer
+
+        return SFTTokenizer(cfg.tokenizer_model, getattr(cfg, "sft_tokenizer_prompt_format", None) or "default")
     if kind == "NullTokenizer":
         return NullTokenizer(cfg.vocab_size)
     raise ValueError(f"--tokenizer-type: {kind!r} is not one of {', '.join(TOKENIZER_TYPES)}")

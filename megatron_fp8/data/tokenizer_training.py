@@ -10,7 +10,7 @@ import json
 import os
 
 from megatron_fp8.data.bpe_trainer import train_byte_level_bpe, write_vocab_and_merges
-from megatron_fp8.data.fsutil import atomic_write_bytes
+from megatron_fp8.fsutil import atomic_write_bytes
 from megatron_fp8.data.preprocess import open_binary
 
 MAX_SENTENCE_BYTES = 1 << 14

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .formats import dtype_max
-from .scaling import compute_scale_tensor
+from .scaling import compute_scale_tensor, keep_overflow_visible
 
 BLOCK = 128
 TILE_1x128 = (1, BLOCK)
@@ -44,7 +44,7 @@ class BlockwiseFp8Tensor:
         scale = compute_scale_tensor(amax, fmax, margin, torch.ones_like(amax))
         scaled = (tiles * scale[:, None, :, None]).clamp(-fmax, fmax)
         data = scaled.reshape(_blocks(rows, bm) * bm, _blocks(cols, bk) * bk)[:rows, :cols]
-        return cls(data.to(dtype).contiguous(), 1.0 / scale, block)
+        return cls(data.to(dtype).contiguous(), keep_overflow_visible(1.0 / scale, amax), block)
 
     @property
     def shape(self) -> torch.Size:

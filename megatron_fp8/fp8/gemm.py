@@ -2,21 +2,91 @@
 
 Keeping both operands row-major ("NT" form) means the second operand reaches ``_scaled_mm`` as a
 column-major view, the layout cuBLASLt requires on GPUs; the CPU kernel accepts it too, so one code path
-serves both. Products are accumulated in float32 and scaled by ``scale_inv_a * scale_inv_b``.
+serves both. Products are accumulated in float32 and scaled by ``scale_inv_a * scale_inv_b``. On CUDA the
+operands are first padded to cuBLASLt's rules (:mod:`.gemm_rules`), so the model's GEMMs are never refused.
 
-Where ``_scaled_mm`` refuses (e.g. dimensions that are not multiples of 16 on CUDA), the GEMM falls back
-to dequantize-and-matmul in float32 and says so once per shape.
+What ``_scaled_mm`` still refuses (a GPU older than compute capability 8.9, a torch without FP8 GEMMs on
+this device) falls back to dequantize-and-matmul in float32. Only its own refusals do: running out of
+memory or a device fault propagates. Every fallback call is counted per shape in :data:`FALLBACKS`
+(the training log line reports the total, the JSON log each shape). The first fallback of a shape is
+logged; on CUDA it is also a ``RuntimeWarning``, since the GPU then runs an FP32 GEMM where an FP8 one
+was meant.
 """
 
 import logging
+import warnings
 
 import torch
 
+from . import gemm_rules
 from .blockwise import BLOCK, BlockwiseFp8Tensor
 from .tensor import Fp8Tensor
 
 logger = logging.getLogger(__name__)
-_refused: set = set()
+
+# Messages of runtime failures that are not a refusal of the operands (checked before the refusal test).
+_NOT_REFUSALS = ("out of memory", "CUDA error", "device-side assert", "illegal memory access", "CUBLAS_STATUS_ALLOC",
+                 "CUBLAS_STATUS_EXECUTION_FAILED", "CUBLAS_STATUS_INTERNAL_ERROR", "NCCL")
+
+
+def is_refusal(err: BaseException) -> bool:
+    """True when ``err`` is ``_scaled_mm`` declining these operands on this device (a failed argument check,
+    a missing kernel, cuBLASLt's NOT_SUPPORTED), False for out-of-memory and every other failure."""
+    if isinstance(err, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)):
+        return False
+    accelerator_error = getattr(torch, "AcceleratorError", None)  # torch >= 2.8: device faults
+    if accelerator_error is not None and isinstance(err, accelerator_error):
+        return False
+    if not isinstance(err, (RuntimeError, ValueError, NotImplementedError)):
+        return False
+    text = str(err)
+    if "CUBLAS_STATUS_NOT_SUPPORTED" in text:
+        return True
+    return not any(marker in text for marker in _NOT_REFUSALS)
+
+
+class GemmFallbacks:
+    """How often each GEMM shape fell back to dequantize-and-matmul, and why (first refusal per shape)."""
+
+    def __init__(self):
+        self.counts: dict[str, int] = {}
+        self.reasons: dict[str, str] = {}
+
+    def record(self, key: str, reason: str | None, device: torch.device) -> None:
+        first = key not in self.counts
+        self.counts[key] = self.counts.get(key, 0) + 1
+        if not first:
+            return
+        self.reasons[key] = reason or ""
+        message = (f"torch._scaled_mm refused {key} ({reason}); this shape runs as dequantize+matmul in float32 "
+                   "(counted in the log's 'fp8 gemm fallbacks')")
+        logger.warning(message)
+        if device.type == "cuda":  # a GPU running FP32 GEMMs where FP8 ones were meant: say so loudly
+            warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self.counts)
+
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def reset(self) -> None:
+        self.counts.clear()
+        self.reasons.clear()
+
+
+FALLBACKS = GemmFallbacks()
+_refused: dict[tuple, str] = {}  # shapes refused once are not asked again (each call is still counted)
+
+
+def _short(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "").replace("float8_", "")
+
+
+def _describe(a, b, scale_a, out_dtype) -> str:
+    kind = "rowwise" if scale_a.dim() == 2 else "tensorwise"
+    return (f"{_short(a.dtype)}[{a.shape[0]}x{a.shape[1]}] @ {_short(b.dtype)}[{b.shape[0]}x{b.shape[1]}].T "
+            f"{kind} -> {_short(out_dtype)} on {a.device.type}")
 
 
 def _scale_b(b: Fp8Tensor) -> torch.Tensor:
@@ -25,14 +95,19 @@ def _scale_b(b: Fp8Tensor) -> torch.Tensor:
 
 
 def _scaled_mm(a_data, b_data, scale_a, scale_b, out_dtype) -> torch.Tensor:
-    key = (a_data.shape, b_data.shape, a_data.dtype, b_data.dtype, scale_a.dim(), out_dtype, a_data.device.type)
-    if key not in _refused:
+    rules = gemm_rules.rules_for(a_data.device)
+    gemm_rules.check_dtypes(a_data, b_data, rules)  # a refusal we can name: raised, never a fallback
+    key = (tuple(a_data.shape), tuple(b_data.shape), a_data.dtype, b_data.dtype, scale_a.dim(), out_dtype,
+           a_data.device.type, rules.name)
+    reason = _refused.get(key)
+    if reason is None:
         try:
-            return torch._scaled_mm(a_data, b_data.t(), scale_a=scale_a, scale_b=scale_b, out_dtype=out_dtype)
-        except RuntimeError as err:
-            _refused.add(key)
-            logger.warning("torch._scaled_mm refused %s x %s (%s); using dequantize+matmul for this shape",
-                           tuple(a_data.shape), tuple(b_data.shape), str(err).splitlines()[0])
+            return gemm_rules.legal_call(a_data, b_data, scale_a, scale_b, out_dtype, rules)
+        except (RuntimeError, ValueError, NotImplementedError) as err:
+            if not is_refusal(err):
+                raise
+            reason = _refused[key] = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    FALLBACKS.record(_describe(a_data, b_data, scale_a, out_dtype), reason, a_data.device)
     a = a_data.float() * scale_a
     b = b_data.float() * scale_b.reshape(-1, 1) if scale_b.dim() else b_data.float() * scale_b
     return (a @ b.t()).to(out_dtype)

@@ -109,15 +109,22 @@ def jit_kwargs(root: str) -> dict:
     }
 
 
+# Where JIT builds go instead of ~/.cache/megatron_fp8/torch_extensions (e.g. a folder inside a checkout on
+# a machine whose home is not writable; scripts/gpu_check.sh sets it to build/jit).
+BUILD_DIR_ENV = "MEGATRON_FP8_BUILD_DIR"
+
+
 def jit_build_dir(root: str) -> str:
-    """Cache folder of the JIT build, keyed by sources, flags, torch and Python versions."""
+    """Cache folder of the JIT build, keyed by sources, flags, CUDA architectures, torch and Python versions."""
     import sys
 
     import torch
 
     kw = jit_kwargs(root)
     key = repr((source_hash(root), kw["extra_cflags"], kw["extra_cuda_cflags"], kw["extra_ldflags"],
-                kw["with_cuda"], torch.__version__, sys.version_info[:2]))
+                kw["with_cuda"], os.environ.get("TORCH_CUDA_ARCH_LIST", ""), torch.__version__,
+                sys.version_info[:2]))
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    base = os.path.join(os.path.expanduser("~"), ".cache", "megatron_fp8", "torch_extensions")
-    return os.path.join(base, digest)
+    base = os.environ.get(BUILD_DIR_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "megatron_fp8",
+                                                         "torch_extensions")
+    return os.path.join(os.path.abspath(base), digest)

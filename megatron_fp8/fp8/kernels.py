@@ -1,10 +1,11 @@
 """Kernel entry points: the compiled csrc extension when available, else the pure-torch reference.
 
-Loading, once at import: ``megatron_fp8._C`` (built in place by ``pip install --no-build-isolation -e .``)
-if it was compiled from the current ``csrc/`` sources; else a JIT build with
-``torch.utils.cpp_extension.load`` (sources and flags from :mod:`kernel_build`, cached under
-``~/.cache/megatron_fp8/torch_extensions/<hash>``); else the reference, with one warning.
-``MEGATRON_FP8_REQUIRE_KERNELS=1`` turns that fallback into an ImportError, and
+Loading happens once, on first use (a kernel call or reading ``BACKEND``/``LOCATION``), never at import:
+``megatron_fp8._C`` (built in place by ``pip install --no-build-isolation -e .``) if it was compiled from
+the current ``csrc/`` sources; else a JIT build with ``torch.utils.cpp_extension.load`` (sources and flags
+from :mod:`kernel_build`, cached under ``$MEGATRON_FP8_BUILD_DIR`` or ``~/.cache/megatron_fp8/
+torch_extensions``, one folder per source/flag/torch hash); else the reference, with one warning.
+``MEGATRON_FP8_REQUIRE_KERNELS=1`` turns that fallback into an ImportError (raised by the first use), and
 ``MEGATRON_FP8_KERNELS=reference`` selects the reference on purpose (no warning).
 
 Every function has the reference's signature and results (bit for bit, see reference.py). A call
@@ -16,6 +17,7 @@ too. ``python -m megatron_fp8.fp8.kernels --check`` compares every kernel with t
 
 import os
 import sys
+import threading
 import warnings
 
 import torch
@@ -77,16 +79,57 @@ def _load():
     return None, None, reasons
 
 
-_EXT, LOCATION, _REASONS = _load()
-BACKEND = "reference" if _EXT is None else ("csrc-cuda" if _EXT.with_cuda else "csrc-cpu")
-_DEVICES = set() if _EXT is None else ({"cpu", "cuda"} if _EXT.with_cuda else {"cpu"})
-FALLBACK_MESSAGE = ("megatron_fp8: compiled FP8 kernels unavailable (" + "; ".join(_REASONS)
-                    + "); using the pure-torch reference (same results, slower)") if _EXT is None else None
-if _EXT is None:
-    if _required() and __name__ != "__main__":
-        raise ImportError(FALLBACK_MESSAGE + f" and {REQUIRE_ENV}=1")
-    if not _REASONS[0].startswith(SELECT_ENV):
-        warnings.warn(FALLBACK_MESSAGE, RuntimeWarning, stacklevel=2)
+class _Loaded:
+    """The outcome of loading, computed once on first use (importing this module builds nothing)."""
+
+    def __init__(self):
+        self.ext, self.location, reasons = _load()
+        self.backend = "reference" if self.ext is None else ("csrc-cuda" if self.ext.with_cuda else "csrc-cpu")
+        self.devices = set() if self.ext is None else ({"cpu", "cuda"} if self.ext.with_cuda else {"cpu"})
+        self.on_purpose = self.ext is None and reasons[0].startswith(SELECT_ENV)
+        self.fallback_message = None
+        if self.ext is None:
+            self.fallback_message = ("megatron_fp8: compiled FP8 kernels unavailable (" + "; ".join(reasons)
+                                     + "); using the pure-torch reference (same results, slower)")
+
+
+_LOADED: _Loaded | None = None
+_LOCK = threading.Lock()
+_WARNED = False
+
+
+def _state() -> _Loaded:
+    """Load on first use; the fallback warns once, or raises under MEGATRON_FP8_REQUIRE_KERNELS=1."""
+    global _LOADED, _WARNED
+    if _LOADED is None:
+        with _LOCK:
+            if _LOADED is None:
+                _LOADED = _Loaded()
+    loaded = _LOADED
+    if loaded.ext is None:
+        if _required():
+            raise ImportError(loaded.fallback_message + f" and {REQUIRE_ENV}=1")
+        if not _WARNED and not loaded.on_purpose:
+            _WARNED = True
+            warnings.warn(loaded.fallback_message, RuntimeWarning, stacklevel=3)
+    return loaded
+
+
+def loaded_status():
+    """(backend, location or fallback message) if the kernels were loaded already, else None; never loads."""
+    if _LOADED is None:
+        return None
+    return _LOADED.backend, _LOADED.location or _LOADED.fallback_message
+
+
+def __getattr__(name):
+    """BACKEND, LOCATION, FALLBACK_MESSAGE and _EXT, resolved (and the kernels loaded) on first access."""
+    if name in _LAZY:
+        return getattr(_state(), _LAZY[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_LAZY = {"BACKEND": "backend", "LOCATION": "location", "FALLBACK_MESSAGE": "fallback_message", "_EXT": "ext"}
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2)
 _SCALED = (torch.float16, torch.float8_e4m3fn, torch.float8_e5m2)
@@ -97,7 +140,7 @@ _CONSTS = ("beta1", "one_minus_beta1", "beta2", "one_minus_beta2", "bc2_sqrt", "
 
 def _data_ok(device: torch.device, *tensors) -> bool:
     """The extension runs on ``device`` and every tensor there has a supported dtype."""
-    return device.type in _DEVICES and all(
+    return device.type in _state().devices and all(
         isinstance(t, torch.Tensor) and t.device == device and t.dtype in _DTYPES for t in tensors)
 
 
@@ -108,14 +151,14 @@ def _scalar_ok(t, device: torch.device) -> bool:
 def scale_cast_amax(x: torch.Tensor, scale: torch.Tensor, out_dtype: torch.dtype):
     """Fused cast: ``(store(x, scale, out_dtype), amax(x))`` (reference.scale_cast_amax)."""
     if _data_ok(x.device, x) and out_dtype in _DTYPES and _scalar_ok(scale, x.device):
-        return _EXT.scale_cast_amax(x.contiguous(), scale, out_dtype)
+        return _state().ext.scale_cast_amax(x.contiguous(), scale, out_dtype)
     return reference.scale_cast_amax(x, scale, out_dtype)
 
 
 def cast_transpose_amax(x: torch.Tensor, scale: torch.Tensor, out_dtype: torch.dtype):
     """``(out, out.t().contiguous(), amax)`` for a 2-D x (reference.cast_transpose_amax)."""
     if x.dim() == 2 and _data_ok(x.device, x) and out_dtype in _DTYPES and _scalar_ok(scale, x.device):
-        return _EXT.cast_transpose_amax(x.contiguous(), scale, out_dtype)
+        return _state().ext.cast_transpose_amax(x.contiguous(), scale, out_dtype)
     return reference.cast_transpose_amax(x, scale, out_dtype)
 
 
@@ -123,7 +166,7 @@ def fp8_accumulate(acc: torch.Tensor, acc_scale_inv: torch.Tensor, grad: torch.T
     """``acc += grad`` requantized with a fresh scale, in place; returns the amax (reference.fp8_accumulate)."""
     if (_data_ok(acc.device, acc, grad) and acc.is_contiguous() and grad.numel() == acc.numel()
             and _scalar_ok(acc_scale_inv, acc.device)):
-        return _EXT.fp8_accumulate(acc, acc_scale_inv, grad.contiguous(), int(margin))
+        return _state().ext.fp8_accumulate(acc, acc_scale_inv, grad.contiguous(), int(margin))
     return reference.fp8_accumulate(acc, acc_scale_inv, grad, margin)
 
 
@@ -135,8 +178,8 @@ def sum_shards(shards: torch.Tensor, scale_invs: torch.Tensor, out_dtype: torch.
             and isinstance(scale_invs, torch.Tensor) and scale_invs.dtype == torch.float32
             and scale_invs.device == device and scale_invs.numel() == shards.shape[0]
             and (prev_scale_inv is None or _scalar_ok(prev_scale_inv, device))):
-        return _EXT.sum_shards(shards.contiguous(), scale_invs.contiguous(), out_dtype, float(factor), int(margin),
-                               prev_scale_inv)
+        return _state().ext.sum_shards(shards.contiguous(), scale_invs.contiguous(), out_dtype, float(factor),
+                                       int(margin), prev_scale_inv)
     return reference.sum_shards(shards, scale_invs, out_dtype, factor, margin, prev_scale_inv)
 
 
@@ -158,9 +201,10 @@ def _adamw_fields(t: AdamWTensors):
 
 def adamw_step(tensors: list[AdamWTensors], hyper: AdamWHyper) -> None:
     """One AdamW step over many tensors, in place (reference.adamw_step): one kernel call per device."""
+    ext = _state().ext
     groups, rest = {}, []
     for t in tensors:
-        fields = _adamw_fields(t) if _EXT is not None else None
+        fields = _adamw_fields(t) if ext is not None else None
         if fields is None:
             rest.append(t)
         else:
@@ -169,7 +213,7 @@ def adamw_step(tensors: list[AdamWTensors], hyper: AdamWHyper) -> None:
         c = hyper.constants()
         consts = [c[k] for k in _CONSTS]
         for fields in groups.values():
-            _EXT.adamw_step(fields, consts, int(hyper.margin))
+            ext.adamw_step(fields, consts, int(hyper.margin))
     if rest:
         reference.adamw_step(rest, hyper)
 
@@ -289,7 +333,7 @@ def _adamw_case(device, combo):
 
 def _run_checks() -> bool:
     """One line per kernel and device: PASS/FAIL with the largest mismatch in ulps (0 = bit-identical)."""
-    devices = ["cpu"] + (["cuda"] if "cuda" in _DEVICES and torch.cuda.is_available() else [])
+    devices = ["cpu"] + (["cuda"] if "cuda" in _state().devices and torch.cuda.is_available() else [])
     all_ok = True
     for device in devices:
         for name, cases in _check_cases(torch.device(device)):
@@ -314,13 +358,19 @@ def _main(argv) -> int:
     parser.add_argument("--check", action="store_true", help="compare every kernel with the reference")
     parser.add_argument("--build", action="store_true", help="build or load the extension and say where")
     args = parser.parse_args(argv)
-    print(f"backend: {BACKEND}" + (f" ({LOCATION})" if LOCATION else f" ({FALLBACK_MESSAGE})"))
-    if _EXT is None:
+    try:
+        loaded = _state()
+    except ImportError as err:  # MEGATRON_FP8_REQUIRE_KERNELS=1 and no compiled kernels
+        print(f"backend: reference ({err})")
+        print(f"error: no compiled kernels and {REQUIRE_ENV}=1")
+        return 1
+    print(f"backend: {loaded.backend}" + f" ({loaded.location or loaded.fallback_message})")
+    if loaded.ext is None:
         if args.check:
             for name in __all__[4:]:
                 print(f"SKIP  {name:<20} (no compiled kernels to compare with the reference)")
-        if _required() or args.build:
-            print("error: no compiled kernels" + (f" and {REQUIRE_ENV}=1" if _required() else ""))
+        if args.build:
+            print("error: no compiled kernels")
             return 1
         return 0
     if args.check:

@@ -14,7 +14,7 @@ from .blockwise import BLOCK_128x128, TILE_1x128, BlockwiseFp8Tensor
 from .formats import dtype_max, is_scaled
 from .reference import amax as tensor_amax
 from .reference import load as load_stored
-from .scaling import Fp8Recipe, ScalingMeta, compute_scale_tensor
+from .scaling import Fp8Recipe, ScalingMeta, compute_scale_tensor, keep_overflow_visible
 from .tensor import Fp8Tensor
 
 AmaxReduce = Callable[[torch.Tensor], torch.Tensor]
@@ -55,9 +55,10 @@ class TensorQuantizer:
             agreed = self._reduce(tensor_amax(x))
             scale = self.meta.scale_for(agreed)
         data, data_t, amax = _cast(x, scale, self.dtype, with_transpose)
-        self.meta.record_amax(agreed if agreed is not None else self._reduce(amax))
+        seen = agreed if agreed is not None else self._reduce(amax)
+        self.meta.record_amax(seen)
         self._has_history = True
-        scale_inv = 1.0 / scale
+        scale_inv = keep_overflow_visible(1.0 / scale, seen)
         return Fp8Tensor(data, scale_inv, amax), (Fp8Tensor(data_t, scale_inv) if with_transpose else None)
 
     def state_dict(self) -> dict:

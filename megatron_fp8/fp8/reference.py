@@ -77,7 +77,7 @@ def sum_shards(shards: torch.Tensor, scale_invs: torch.Tensor, out_dtype: torch.
     """Sum N scaled shards (``shards[i] * scale_invs[i]``, i = 0..N-1 in order) in float32, times ``factor``.
 
     Returns ``(out, out_scale_inv, amax)``; ``out`` is stored in ``out_dtype`` with a fresh scale (the
-    FP8 reduce-scatter of DESIGN §3). ``prev_scale_inv`` is kept when the amax is unusable (default 1).
+    FP8 reduce-scatter of docs/design.md §3). ``prev_scale_inv`` is kept when the amax is unusable (default 1).
     """
     total = torch.zeros(shards.shape[1:], dtype=torch.float32, device=shards.device)
     for i in range(shards.shape[0]):

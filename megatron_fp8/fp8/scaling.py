@@ -11,6 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ..flagspec import NON_NEGATIVE, POSITIVE, check_fields, flag
+
+RECIPES = ("delayed", "current", "tensorwise", "blockwise", "mxfp8")
+
 # Exponent range that keeps both scale and 1/scale normal float32 numbers.
 MIN_EXP, MAX_EXP = -126, 126
 
@@ -47,32 +51,38 @@ def compute_scale_tensor(amax: torch.Tensor, fmax: float, margin: int, previous:
     return torch.where(usable, scale, previous.float())
 
 
+def keep_overflow_visible(scale_inv: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
+    """``scale_inv``, made NaN where the cast saw an inf/NaN (``amax``): the cast saturates such values to
+    finite FP8 ones, and a GEMM with this operand must not turn an overflow into finite numbers (loss
+    scaling and the skipped-step rule rely on seeing it). Adds an exact 0 otherwise; no host sync."""
+    return scale_inv + (amax - amax)
+
+
 @dataclass
 class Fp8Recipe:
-    """How activations and output gradients of the FP8 GEMMs are scaled (DESIGN §2).
+    """How activations and output gradients of the FP8 GEMMs are scaled (docs/design.md §2).
 
     ``format``: ``hybrid`` (E4M3 forward, E5M2 gradients) or ``e4m3``. ``recipe``: ``delayed`` (scale
     from an amax history), ``current`` (scale from this tensor), ``blockwise`` (1x128 tiles, 128x128
     weight blocks). Weights, weight gradients and optimizer states always use current scaling.
     """
 
-    format: str = "hybrid"
-    recipe: str = "delayed"
-    amax_history_len: int = 16
-    amax_compute_algo: str = "max"
-    margin: int = 0
+    format: str = flag("hybrid", "hybrid (E4M3 forward, E5M2 gradients) | e4m3", name="--fp8-format",
+                       choices=("hybrid", "e4m3"))
+    recipe: str = flag("delayed", "how activations and output gradients are scaled; tensorwise is "
+                       "Megatron's name for current", name="--fp8-recipe", choices=RECIPES)
+    amax_history_len: int = flag(16, "amax history of the delayed recipe", name="--fp8-amax-history-len",
+                                 bounds=POSITIVE)
+    amax_compute_algo: str = flag("max", name="--fp8-amax-compute-algo", choices=("max", "most_recent"))
+    margin: int = flag(0, "extra power-of-two headroom of every scale", name="--fp8-margin", bounds=NON_NEGATIVE)
 
     def __post_init__(self):
-        if self.format not in ("hybrid", "e4m3"):
-            raise ValueError(f"--fp8-format must be 'hybrid' or 'e4m3', got {self.format!r}")
-        if self.recipe not in ("delayed", "current", "blockwise"):
-            raise ValueError(f"--fp8-recipe must be delayed, current or blockwise, got {self.recipe!r}")
-        if self.amax_history_len < 1:
-            raise ValueError(f"--fp8-amax-history-len must be >= 1, got {self.amax_history_len}")
-        if self.amax_compute_algo not in ("max", "most_recent"):
-            raise ValueError(f"--fp8-amax-compute-algo must be max or most_recent, got {self.amax_compute_algo!r}")
-        if self.margin < 0:
-            raise ValueError(f"--fp8-margin must be >= 0, got {self.margin}")
+        if self.recipe == "tensorwise":  # Megatron-LM's name for per-tensor current scaling
+            self.recipe = "current"
+        if self.recipe == "mxfp8":
+            raise ValueError("--fp8-recipe mxfp8 (MX block scaling on Blackwell GPUs) is not implemented; use "
+                             "blockwise (1x128 / 128x128 power-of-two block scales), current or delayed")
+        check_fields(self)
 
     @property
     def grad_dtype(self) -> torch.dtype:

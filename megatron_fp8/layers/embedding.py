@@ -1,4 +1,4 @@
-"""Word and position embeddings (compute dtype; embeddings are never FP8, DESIGN §1)."""
+"""Word and position embeddings (compute dtype; embeddings are never FP8, docs/design.md §1)."""
 
 import torch
 import torch.nn as nn
@@ -26,7 +26,7 @@ class VocabParallelEmbedding(nn.Module):
         full = init_normal((vocab_size, hidden_size), config.model.init_method_std, config.training.seed, name)
         self.weight = make_parameter(full, policy=config.precision.policy, fp8_eligible=False, device=device,
                                      partition_dim=0, tp_rank=pstate.tp_rank, tp_size=pstate.tp_size,
-                                     shared_embedding=shared_embedding)
+                                     shared_embedding=shared_embedding, embedding_or_output=True)
         self.vocab_start = pstate.tp_rank * (vocab_size // pstate.tp_size)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -26,11 +26,7 @@ class _ParallelLinear(nn.Module):
                  bias: bool = True, init_std: float | None = None, stacked: int = 1, device=None):
         super().__init__()
         policy = config.precision.policy
-        tp = pstate.tp_size
-        split = out_features if self.partition_dim == 0 else in_features
-        if split % (tp * (stacked if self.partition_dim == 0 else 1)):
-            raise ValueError(f"{name}: dimension {split} ({stacked} stacked blocks) is not divisible by "
-                             f"--tensor-model-parallel-size {tp}")
+        tp = pstate.tp_size  # the split is valid: Config.validate_layout checked it before any model exists
         std = config.model.init_method_std if init_std is None else init_std
         full = init_normal((out_features, in_features), std, config.training.seed, f"{name}.weight")
         full = _interleave_for_tp(full, stacked, tp) if self.partition_dim == 0 else full

@@ -33,7 +33,10 @@ class ParamInfo:
     ``no_weight_decay``: AdamW skips its decoupled weight decay.
     ``sequence_parallel``: used on sequence shards, so each TP rank holds part of its gradient.
     ``shared_embedding``: one stage's copy of the word embedding tied across pipeline stages.
-    ``scale_inv``: the storage scale of FP16/FP8 storage (real = stored * scale_inv); None otherwise.
+    ``embedding_or_output``: the word embedding or output layer, which take --decoupled-lr (Megatron's
+    ``is_embedding_or_output_parameter``).
+    ``scale_inv``: the storage scale of FP16/FP8 weights at O1-O3 (real = stored * scale_inv); None for
+    every other storage (plain FP16 with --fp16 included).
     ``master_dtype``: storage of the optimizer's separate master copy; None where the parameter is its
     own master.
     ``initial_master``: the full-precision value the parameter was last given (initialisation, import,
@@ -48,6 +51,7 @@ class ParamInfo:
     no_weight_decay: bool = False
     sequence_parallel: bool = False
     shared_embedding: bool = False
+    embedding_or_output: bool = False
     scale_inv: torch.Tensor | None = None
     master_dtype: torch.dtype | None = None
     initial_master: Stored | None = None
@@ -80,9 +84,10 @@ def master_dtype(policy: PrecisionPolicy, fp8_eligible: bool) -> torch.dtype | N
     return None if policy.compute == torch.float32 else torch.float32
 
 
-def stored_copy(values: torch.Tensor, dtype: torch.dtype) -> Stored:
-    """Float ``values`` in new ``dtype`` storage (scaled storage gets a fresh current scale)."""
-    if is_scaled(dtype):
+def stored_copy(values: torch.Tensor, dtype: torch.dtype, scaled: bool | None = None) -> Stored:
+    """Float ``values`` in new ``dtype`` storage; scaled storage (by default every FP16/FP8 dtype) gets a
+    fresh current scale."""
+    if is_scaled(dtype) if scaled is None else scaled:
         q = Fp8Tensor.quantize_current(values, dtype)
         return q.data, q.scale_inv
     return values.to(dtype, copy=True), None
@@ -91,11 +96,12 @@ def stored_copy(values: torch.Tensor, dtype: torch.dtype) -> Stored:
 def make_parameter(full: torch.Tensor, *, policy: PrecisionPolicy, fp8_eligible: bool, device=None,
                    partition_dim: int | None = None, tp_rank: int = 0, tp_size: int = 1, stacked: int = 1,
                    no_weight_decay: bool = False, sequence_parallel: bool = False,
-                   shared_embedding: bool = False) -> nn.Parameter:
+                   shared_embedding: bool = False, embedding_or_output: bool = False) -> nn.Parameter:
     """Split ``full`` (float32, full size) for this TP rank and store it in the policy's dtype.
 
-    FP8-eligible weights take ``policy.weight``; everything else takes the compute dtype. ``stacked``
-    counts the blocks ``full`` is made of along a split dimension 0 (see layers.linear).
+    FP8-eligible weights take ``policy.weight`` (FP16/FP8 storage at O1-O3 carries a scale_inv); everything
+    else takes the compute dtype, plain (FP16 with ``--fp16`` too). ``stacked`` counts the blocks ``full``
+    is made of along a split dimension 0 (see layers.linear).
     """
     local = full.chunk(tp_size, dim=partition_dim)[tp_rank] if partition_dim is not None else full
     local = local.to(device=device, copy=True)  # a copy: a chunk view would keep the whole tensor alive
@@ -105,7 +111,8 @@ def make_parameter(full: torch.Tensor, *, policy: PrecisionPolicy, fp8_eligible:
     param.info = ParamInfo(
         fp8_eligible=fp8_eligible, partition_dim=split, tp_stacked=stacked if split == 0 else 1,
         no_weight_decay=no_weight_decay, sequence_parallel=sequence_parallel, shared_embedding=shared_embedding,
-        scale_inv=torch.ones((), dtype=torch.float32, device=device) if is_scaled(dtype) else None,
+        embedding_or_output=embedding_or_output,
+        scale_inv=torch.ones((), dtype=torch.float32, device=device) if policy.stores_scale(fp8_eligible) else None,
         master_dtype=master_dtype(policy, fp8_eligible))
     assign_value(param, local)
     return param
@@ -115,13 +122,21 @@ def assign_value(param: nn.Parameter, values: torch.Tensor) -> None:
     """Store float ``values`` (initialisation, import, conversion) into the parameter's own storage with
     a fresh scale, and keep them in the master's storage as the master's starting point."""
     info = param_info(param)
-    data, scale_inv = stored_copy(values, param.dtype)
+    data, scale_inv = stored_copy(values, param.dtype, scaled=info.scale_inv is not None)
     with torch.no_grad():
         param.copy_(data)
         if scale_inv is not None:
             info.scale_inv.copy_(scale_inv)
     if info.master_dtype is not None:
         info.initial_master = stored_copy(values.to(param.device), info.master_dtype)
+
+
+def seed_master_from_storage(param: nn.Parameter) -> None:
+    """Where no full-precision value is at hand (--no-load-optim reads the model file only), the master
+    built next starts from the parameter's stored value."""
+    info = param_info(param)
+    if info.master_dtype is not None:
+        info.initial_master = stored_copy(real_value(param), info.master_dtype)
 
 
 def real_value(param: torch.Tensor) -> torch.Tensor:

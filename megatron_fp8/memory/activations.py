@@ -37,6 +37,7 @@ class Shapes:
     hidden: int
     ffn: int
     heads: int  # heads on this TP rank
+    groups: int  # key/value heads (query groups) on this TP rank
     head_dim: int
     tp: int
     sp: bool
@@ -56,17 +57,19 @@ def shapes(config: Config) -> Shapes:
     m, p = config.model, config.parallel
     tp = p.tensor_model_parallel_size
     return Shapes(m.seq_length, config.training.micro_batch_size, m.hidden_size, m.ffn_hidden_size,
-                  m.num_attention_heads // tp, m.head_dim, tp, p.sequence_parallel and tp > 1,
+                  m.num_attention_heads // tp, m.query_groups // tp, m.head_dim, tp, p.sequence_parallel and tp > 1,
                   config.precision.policy.compute.itemsize)
 
 
 def _norm(config: Config, sh: Shapes, cuda: bool) -> int:
     rows = sh.stream // sh.hidden
+    # --apply-layernorm-1p: the op saves the 1 + w it was given, a fresh tensor per forward
+    one_plus_w = sh.hidden * sh.elem if config.model.apply_layernorm_1p else 0
     if config.model.normalization == "LayerNorm":  # input, mean, rstd
-        return sh.stream * sh.elem + 2 * rows * (FP32 if cuda else sh.elem)
+        return sh.stream * sh.elem + 2 * rows * (FP32 if cuda else sh.elem) + one_plus_w
     if cuda:  # rms_norm dispatches to _fused_rms_norm on CUDA: input and float32 rstd
-        return sh.stream * sh.elem + rows * FP32
-    return 2 * sh.stream * FP32 + rows * FP32  # CPU composite: float32 input and normalised copy, rstd
+        return sh.stream * sh.elem + rows * FP32 + one_plus_w
+    return 2 * sh.stream * FP32 + rows * FP32 + one_plus_w  # CPU composite: float32 input and normalised copy, rstd
 
 
 def _linear_input(config: Config, sh: Shapes, rows: int, cols: int) -> int:
@@ -84,13 +87,18 @@ def _dropout_mask(sh: Shapes, numel: int, p: float, cuda: bool) -> int:
 
 def _attention(config: Config, sh: Shapes, cuda: bool) -> int:
     m = config.model
-    local = sh.tokens * sh.heads * sh.head_dim  # one of q, k, v on this rank
+    local = sh.tokens * sh.heads * sh.head_dim  # q (and SDPA's output) on this rank
+    kv = sh.tokens * sh.groups * sh.head_dim  # k or v on this rank (fewer under grouped-query attention)
+    qkv_out = local + 2 * kv  # the QKV linear's output, of which k and v (and q without GQA) are views
     rope = m.position_embedding_type == "rope"
+    strided_q = sh.heads != sh.groups > 1  # GQA with more than one group on this rank: q is not a view
     if cuda or m.attention_dropout == 0:  # fused SDPA: inputs, output, logsumexp
-        qkv = 3 * local * sh.elem + (2 * local * sh.elem if rope else 0)
-        return qkv + local * sh.elem + sh.batch * sh.heads * sh.seq * FP32
-    # CPU math path (dropout): float32 scaled q and k, v, and scores, dropout mask, dropped scores
-    v = 3 * local * FP32 if sh.elem == FP32 else local * FP32  # FP32: a view of the QKV output; BF16: a copy
+        # RoPE'd copies of q and k; without RoPE, GQA's q is one reshaped copy (groups are strided)
+        copies = local + kv if rope else (local if strided_q else 0)
+        return (qkv_out + copies) * sh.elem + local * sh.elem + sh.batch * sh.heads * sh.seq * FP32
+    # CPU math path (dropout): float32 scaled q and k, v, and scores, dropout mask, dropped scores. v is a
+    # view of the QKV output in FP32 attention; a float32 copy in BF16, and under GQA (K/V repeated per head)
+    v = qkv_out * FP32 if sh.elem == FP32 and sh.groups == sh.heads else local * FP32
     return 2 * local * FP32 + v + 3 * sh.batch * sh.heads * sh.seq * sh.seq * FP32
 
 
@@ -126,7 +134,7 @@ def rope_bytes(config: Config) -> int:
     m = config.model
     if m.position_embedding_type != "rope":
         return 0
-    return 2 * m.seq_length * m.head_dim * config.precision.policy.compute.itemsize
+    return 2 * m.seq_length * m.rotary_dim * config.precision.policy.compute.itemsize
 
 
 def head_bytes(config: Config, cuda: bool) -> int:
@@ -148,12 +156,14 @@ def saved_param_bytes(config: Config, layers: int, last: bool, cuda: bool) -> in
     """Storage of the parameters that ops save for backward: counted by ActivationMeter, no extra memory."""
     m, sh, policy = config.model, shapes(config), config.precision.policy
     rows_split = sh.tp
-    norm = sh.hidden * (2 if m.normalization == "LayerNorm" else 1)
+    # the norm's weight (with --apply-layernorm-1p the op saves 1 + w instead: an activation) and bias
+    norm = sh.hidden * ((0 if m.apply_layernorm_1p else 1) + (1 if m.normalization == "LayerNorm" else 0))
     per_layer = 2 * norm
     if not policy.fp8_gemm:  # F.linear keeps its weight
         fc1 = 2 * sh.ffn if m.swiglu else sh.ffn
-        column = (3 * sh.hidden + fc1) * sh.hidden // rows_split  # QKV, fc1
-        per_layer += column + (sh.hidden + sh.ffn) * sh.hidden // sh.tp  # + proj, fc2 (split along columns)
+        column = (m.qkv_size + fc1) * sh.hidden // rows_split  # QKV, fc1
+        attn = m.num_attention_heads * m.head_dim
+        per_layer += column + (attn + sh.ffn) * sh.hidden // sh.tp  # + proj, fc2 (split along columns)
     total = layers * per_layer
     if last:
         total += norm + m.vocab_size // rows_split * sh.hidden

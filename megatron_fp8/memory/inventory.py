@@ -25,31 +25,6 @@ class ParamSpec:
         return prod(self.shape)
 
 
-def check_layout(config: Config, world_size: int) -> int:
-    """Validate the layout for ``world_size`` ranks as training would; returns the data-parallel size.
-
-    Config.check_world covers heads, layers and the batch; the rest are the splits the parallel layers
-    refuse at build time, reported here with the flag to change.
-    """
-    if world_size < 1:
-        raise ValueError(f"--world-size must be positive, got {world_size}")
-    dp = config.check_world(world_size)
-    m, p = config.model, config.parallel
-    tp = p.tensor_model_parallel_size
-    if m.vocab_size is None:
-        raise ValueError("--vocab-size: the planner needs the vocabulary size")
-    if m.ffn_hidden_size % tp:  # fc2's input columns, and each of SwiGLU's two fc1 blocks
-        raise ValueError(f"--ffn-hidden-size {m.ffn_hidden_size} is not divisible by "
-                         f"--tensor-model-parallel-size {tp}")
-    if m.vocab_size % tp:
-        raise ValueError(f"padded vocabulary {m.vocab_size} is not divisible by --tensor-model-parallel-size {tp} "
-                         "(--make-vocab-size-divisible-by)")
-    if p.sequence_parallel and tp > 1 and m.seq_length % tp:
-        raise ValueError(f"--seq-length {m.seq_length} is not divisible by --tensor-model-parallel-size {tp} "
-                         "(needed by --sequence-parallel)")
-    return dp
-
-
 def _layer(config: Config, index: int, tp: int) -> list[ParamSpec]:
     m = config.model
     h, ffn = m.hidden_size, m.ffn_hidden_size
@@ -60,13 +35,14 @@ def _layer(config: Config, index: int, tp: int) -> list[ParamSpec]:
         out = [ParamSpec(f"{prefix}.{name}.weight", (h,))]
         return out + ([ParamSpec(f"{prefix}.{name}.bias", (h,))] if m.normalization == "LayerNorm" else [])
 
-    def linear(name, rows, cols, bias_rows):
+    def linear(name, rows, cols, bias_rows, bias=m.add_bias_linear):
         out = [ParamSpec(f"{prefix}.{name}.weight", (rows, cols), ParamInfo(fp8_eligible=True))]
-        return out + ([ParamSpec(f"{prefix}.{name}.bias", (bias_rows,))] if m.add_bias_linear else [])
+        return out + ([ParamSpec(f"{prefix}.{name}.bias", (bias_rows,))] if bias else [])
 
+    qkv, attn = m.qkv_size // tp, m.num_attention_heads * m.head_dim // tp  # GQA: fewer K/V rows
     return (norm("input_layernorm")
-            + linear("self_attention.linear_qkv", 3 * h // tp, h, 3 * h // tp)
-            + linear("self_attention.linear_proj", h, h // tp, h)
+            + linear("self_attention.linear_qkv", qkv, h, qkv, bias=m.add_bias_linear or m.add_qkv_bias)
+            + linear("self_attention.linear_proj", h, attn, h)
             + norm("pre_mlp_layernorm")
             + linear("mlp.linear_fc1", fc1 // tp, h, fc1 // tp)
             + linear("mlp.linear_fc2", h, ffn // tp, h))

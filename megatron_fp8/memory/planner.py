@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from ..config import Config
 from ..layers.weights import param_info
 from . import activations as act
-from .inventory import check_layout, stage_params, total_params
+from .inventory import stage_params, total_params
 from .states import STATE_KEYS, fp8_scaling_state, fp8_weight_cache, model_states
 
 GIB = 1 << 30
@@ -38,7 +38,7 @@ class MemoryPlan:
     params_total: int  # the whole model
     eligible_params: int  # FP8-eligible parameters on this GPU
     eligible_state_bytes: int  # weights + grads + master + moments of those parameters on this GPU
-    design_bytes_per_param: float  # DESIGN §1 for this level and layout
+    design_bytes_per_param: float  # docs/design.md §1 for this level and layout
     stage_totals: list = field(default_factory=list)  # fullest rank of each stage, bytes
 
     @property
@@ -81,7 +81,9 @@ def plan_memory(config: Config, world_size: int, device: str = "cuda", recompute
     ``config.model.vocab_size`` must be the padded vocabulary (as GPTModel sees it). ``device`` selects
     the kernels whose saved tensors differ (fused dropout and attention on ``cuda``).
     """
-    dp = check_layout(config, world_size)
+    if config.model.vocab_size is None:
+        raise ValueError("--vocab-size: the planner needs the vocabulary size")
+    dp = config.validate_layout(world_size)
     p, policy, t = config.parallel, config.precision.policy, config.training
     pp, cuda = p.pipeline_model_parallel_size, device == "cuda"
     micro_batches = t.global_batch_size // (t.micro_batch_size * dp)

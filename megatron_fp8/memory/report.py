@@ -58,7 +58,8 @@ def level_table(plans: dict, budget_gib: float | None) -> str:
                 + "".join(f"{f'({plans[x].pp_rank},{plans[x].dp_rank})':>10s}" for x in levels))
     rows.append(f"{'B/eligible param: plan':26s}"
                 + "".join(f"{plans[x].planned_bytes_per_param:10.2f}" for x in levels))
-    rows.append(f"{'  DESIGN §1 table':26s}" + "".join(f"{plans[x].design_bytes_per_param:10.2f}" for x in levels))
+    rows.append(f"{'  docs/design.md §1 table':26s}"
+                + "".join(f"{plans[x].design_bytes_per_param:10.2f}" for x in levels))
     return "\n".join(rows)
 
 

@@ -15,6 +15,7 @@ from ..layers.weights import init_normal, make_parameter
 from ..parallel import comm, mappings
 from ..parallel.random import TPRngTracker, dropout, stage_seed
 from ..parallel.state import ParallelState
+from .masks import packed_causal_mask
 from .rope import rope_tables
 from .transformer import TransformerBlock, sequence_parallel
 
@@ -47,10 +48,12 @@ class GPTModel(nn.Module):
             full = init_normal((m.vocab_size, m.hidden_size), m.init_method_std, config.training.seed, name)
             self.output_weight = make_parameter(full, policy=config.precision.policy, fp8_eligible=False,
                                                 device=device, partition_dim=0, tp_rank=pstate.tp_rank,
-                                                tp_size=pstate.tp_size, shared_embedding=self.tied)
+                                                tp_size=pstate.tp_size, shared_embedding=self.tied,
+                                                embedding_or_output=True)  # takes --decoupled-lr
         self.rope = None
         if m.position_embedding_type == "rope":
-            cos, sin = rope_tables(m.seq_length, m.head_dim, m.rotary_base, device, config.precision.policy.compute)
+            cos, sin = rope_tables(m.seq_length, m.rotary_dim, m.rotary_base, device, config.precision.policy.compute,
+                                   m.rope_scaling_factor if m.use_rope_scaling else None)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
 
@@ -69,12 +72,18 @@ class GPTModel(nn.Module):
             h = mappings.scatter_to_sp(h, self.pstate)
         return dropout(h, self.config.model.hidden_dropout, self.training, self.pstate, split_across_tp=self.sp)
 
-    def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor, labels: torch.Tensor | None = None):
+    def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor, labels: torch.Tensor | None = None,
+                document_ids: torch.Tensor | None = None):
         """Per-token loss [b, s] (with ``labels``), logits [b, s, V] (without), or the hidden states
-        [s, b, h] (split along s under sequence parallelism) this stage hands to the next."""
+        [s, b, h] (split along s under sequence parallelism) this stage hands to the next. With
+        ``document_ids`` [b, s] (packed samples) no token attends across a document boundary."""
         h = self.embed(tokens, position_ids) if self.pre_process else self.input_tensor
-        rope = (self.rope_cos, self.rope_sin) if hasattr(self, "rope_cos") else None
-        h = self.decoder(h, rope)
+        rope = None
+        if hasattr(self, "rope_cos"):  # the angles of each token's position id ([s, b, 1, head_dim])
+            index = position_ids.transpose(0, 1)
+            rope = (self.rope_cos[index, 0], self.rope_sin[index, 0])
+        mask = packed_causal_mask(document_ids) if document_ids is not None else None
+        h = self.decoder(h, rope, mask)
         if not self.post_process:
             return h
         h = mappings.gather_from_sp(h, self.pstate) if self.sp else mappings.copy_to_tp(h, self.pstate)

@@ -30,8 +30,8 @@ class TransformerLayer(nn.Module):
     def _dropout(self, x: torch.Tensor) -> torch.Tensor:
         return dropout(x, self.hidden_dropout, self.training, self.pstate, split_across_tp=self.sp)
 
-    def forward(self, x: torch.Tensor, rope=None) -> torch.Tensor:
-        x = x + self._dropout(self.self_attention(self.input_layernorm(x), rope))
+    def forward(self, x: torch.Tensor, rope=None, attention_mask=None) -> torch.Tensor:
+        x = x + self._dropout(self.self_attention(self.input_layernorm(x), rope, attention_mask))
         return x + self._dropout(self.mlp(self.pre_mlp_layernorm(x)))
 
 
@@ -46,7 +46,7 @@ class TransformerBlock(nn.Module):
         self.final_layernorm = Norm(config.model.hidden_size, config, device, sequence_parallel(config, pstate)) \
             if pstate.is_last_stage else None
 
-    def forward(self, x: torch.Tensor, rope=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope=None, attention_mask=None) -> torch.Tensor:
         for layer in self.layers:
-            x = layer(x, rope)
+            x = layer(x, rope, attention_mask)
         return self.final_layernorm(x) if self.final_layernorm is not None else x

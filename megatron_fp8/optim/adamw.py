@@ -55,6 +55,9 @@ class ParamState:
                                                         param.device)
         self.exp_avg_sq, self.exp_avg_sq_sinv = _scaled_zeros(
             param.shape, policy.exp_avg_sq if eligible else torch.float32, param.device)
+        # plain FP16 storage (--fp16 compute) is no scaled kernel operand: the kernel updates the master
+        # and the step copies it into the weight
+        self.copy_back = self.master is not None and is_scaled(param.dtype) and info.scale_inv is None
 
     def kernel_tensors(self, param: nn.Parameter) -> kernels.AdamWTensors:
         grad = param.main_grad
@@ -64,8 +67,14 @@ class ParamState:
                       exp_avg_sq=self.exp_avg_sq, exp_avg_sq_sinv=self.exp_avg_sq_sinv)
         if self.master is None:
             return kernels.AdamWTensors(master=weight, master_sinv=weight_sinv, **common)
+        if self.copy_back:
+            return kernels.AdamWTensors(master=self.master, master_sinv=self.master_sinv, **common)
         return kernels.AdamWTensors(master=self.master, master_sinv=self.master_sinv, weight=weight,
                                     weight_sinv=weight_sinv, **common)
+
+    def copy_master_to(self, param: nn.Parameter) -> None:
+        master = self.master.float() * self.master_sinv if self.master_sinv is not None else self.master
+        param.detach().copy_(master)
 
     def tensors(self) -> dict:
         return {k: getattr(self, k) for k in self.STATE_NAMES if getattr(self, k) is not None}
@@ -79,7 +88,8 @@ class ParamState:
 
 
 class Fp8AdamW:
-    """AdamW with decoupled weight decay (skipped for parameters marked ``no_weight_decay``)."""
+    """AdamW with decoupled weight decay (skipped for parameters marked ``no_weight_decay``); parameters
+    marked ``embedding_or_output`` take ``decoupled_lr`` when one is given (--decoupled-lr)."""
 
     def __init__(self, named_params: list[tuple[str, nn.Parameter]], policy: PrecisionPolicy,
                  settings: AdamWSettings):
@@ -87,21 +97,24 @@ class Fp8AdamW:
         self.state = {name: ParamState(name, p, policy) for name, p in named_params}
         self.step_count = 0
 
-    def step(self, lr: float, grad_scale: float = 1.0) -> None:
-        """Apply one update with every gradient multiplied by ``grad_scale`` (the clip coefficient)."""
+    def step(self, lr: float, grad_scale: float = 1.0, decoupled_lr: float | None = None) -> None:
+        """Apply one update with every gradient multiplied by ``grad_scale`` (clip coefficient / loss scale)."""
         self.step_count += 1
         s = self.settings
-        groups = {True: [], False: []}
+        groups: dict[tuple[bool, bool], list] = {}
         for name, p in self.named_params:
-            groups[not param_info(p).no_weight_decay].append((name, p))
-        for decays, group in groups.items():
-            if not group:
-                continue
+            info = param_info(p)
+            decoupled = decoupled_lr is not None and info.embedding_or_output
+            groups.setdefault((not info.no_weight_decay, decoupled), []).append((name, p))
+        for (decays, decoupled), group in groups.items():
             decay = s.weight_decay if decays else 0.0
-            hyper = kernels.AdamWHyper(lr=lr, beta1=s.beta1, beta2=s.beta2, eps=s.eps, weight_decay=decay,
-                                       step=self.step_count, grad_scale=grad_scale, margin=s.margin)
+            hyper = kernels.AdamWHyper(lr=decoupled_lr if decoupled else lr, beta1=s.beta1, beta2=s.beta2,
+                                       eps=s.eps, weight_decay=decay, step=self.step_count, grad_scale=grad_scale,
+                                       margin=s.margin)
             kernels.adamw_step([self.state[n].kernel_tensors(p) for n, p in group], hyper)
-            for _, p in group:
+            for n, p in group:
+                if self.state[n].copy_back:
+                    self.state[n].copy_master_to(p)
                 torch.autograd.graph.increment_version(p)  # the C++ kernel wrote through a raw pointer
 
     def nbytes(self) -> dict:

@@ -33,8 +33,8 @@ class DistributedOptimizer:
     def step_count(self) -> int:
         return self.inner.step_count
 
-    def step(self, lr: float, grad_scale: float = 1.0) -> None:
-        self.inner.step(lr, grad_scale)
+    def step(self, lr: float, grad_scale: float = 1.0, decoupled_lr: float | None = None) -> None:
+        self.inner.step(lr, grad_scale, decoupled_lr)
         self.gather_params()
 
     def gather_params(self) -> None:

@@ -1,4 +1,4 @@
-"""Data-parallel gradient reduction of one bucket, with stock gloo/NCCL collectives (DESIGN §3).
+"""Data-parallel gradient reduction of one bucket, with stock gloo/NCCL collectives (docs/design.md §3).
 
 FP8 gradients: every rank sends each tensor's FP8 bytes to the tensor's owner (an all-to-all) and the
 scales beside them; the owner dequantizes the N contributions, sums them in float32 (rank order, so the

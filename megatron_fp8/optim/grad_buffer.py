@@ -98,7 +98,7 @@ class GradBuffers:
     def _reduction(self, bucket: Bucket) -> BucketReduction:
         if bucket.reduction is None:
             grads = [p.main_grad for p in bucket.params]
-            eligible = getattr(bucket.params[0], "fp8_eligible", False)  # a bucket holds one grad dtype
+            eligible = param_info(bucket.params[0]).fp8_eligible  # a bucket holds one grad dtype
             wire = self.policy.grad_reduce if eligible else self.policy.other_grad_reduce
             owners = [self.owners[id(p)] for p in bucket.params]
             bucket.reduction = BucketReduction(grads, owners, self.pstate, wire, self.gather, self.margin)

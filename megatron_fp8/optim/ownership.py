@@ -1,4 +1,4 @@
-"""Whole-tensor ownership across data-parallel ranks (DESIGN §3).
+"""Whole-tensor ownership across data-parallel ranks (docs/design.md §3).
 
 Each tensor belongs to exactly one rank, so its FP8 scale, its reduced gradient and (with the
 distributed optimizer) its optimizer state live in one place. The greedy rule gives the next-largest

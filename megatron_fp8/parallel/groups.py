@@ -1,7 +1,9 @@
 """The rank grid and its process groups, in Megatron's order: tensor fastest, then data, then pipeline.
 
 ``global rank = tp_rank + tp * (dp_rank + dp * pp_rank)``. Every rank creates every group in the same
-order (``new_group`` is collective), then keeps the ones it belongs to.
+order (``new_group`` is collective), then keeps the ones it belongs to. Every group, the default one
+included, carries ``--distributed-timeout-minutes`` (a group created without a timeout would get the
+backend's default, 30 minutes for gloo), so a collective that a hung peer blocks fails on time.
 """
 
 import os
@@ -11,7 +13,12 @@ import torch
 import torch.distributed as dist
 
 from ..config import Config
+from . import comm
 from .state import ParallelState
+
+
+def group_timeout(config: Config) -> timedelta:
+    return timedelta(minutes=config.parallel.distributed_timeout_minutes)
 
 
 def grid_coordinates(rank: int, tp: int, dp: int) -> tuple[int, int, int]:
@@ -44,24 +51,25 @@ def init_distributed(config: Config) -> ParallelState:
     Layout errors are raised before any process group exists, so a bad flag costs nothing.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    dp = config.check_world(world)
+    dp = config.validate_layout(world)
     if world == 1 and not dist.is_initialized():
         return ParallelState()
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend, timeout=timedelta(minutes=10))
+        dist.init_process_group(backend, timeout=group_timeout(config))
     return build_state(config, dist.get_rank(), dist.get_world_size(), dp)
 
 
 def build_state(config: Config, rank: int, world: int, dp: int) -> ParallelState:
     tp, pp = config.parallel.tensor_model_parallel_size, config.parallel.pipeline_model_parallel_size
     tp_rank, dp_rank, pp_rank = grid_coordinates(rank, tp, dp)
-    mine = {}
+    mine, timeout = {}, group_timeout(config)
+    comm.TIMEOUT["minutes"] = config.parallel.distributed_timeout_minutes
     for kind, rank_lists in grid_groups(world, tp, pp).items():
         for ranks in rank_lists:
-            group = dist.new_group(ranks)  # collective: every rank creates every group
+            group = dist.new_group(ranks, timeout=timeout)  # collective: every rank creates every group
             if rank in ranks and kind not in mine:
                 mine[kind] = (group, ranks)
     return ParallelState(tp_size=tp, tp_rank=tp_rank, pp_size=pp, pp_rank=pp_rank, dp_size=dp, dp_rank=dp_rank,

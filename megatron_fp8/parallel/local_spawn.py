@@ -72,4 +72,6 @@ def spawn(fn, world: int, *args) -> list:
             mp.spawn(_entry, args=(world, free_port(), out_dir, fn, args), nprocs=world, join=True)
         except ProcessException as err:
             raise WorkerError(_worker_errors(out_dir) or str(err)) from None
+        # any picklable result of our own workers, read back from the private folder made above (never a
+        # user's file; checkpoints are read with checkpoint.safe_load)
         return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(world)]

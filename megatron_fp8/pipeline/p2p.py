@@ -1,6 +1,6 @@
 """Point-to-point between adjacent pipeline stages: activations forward, their gradients backward.
 
-Tensors travel in BF16 (DESIGN §3) and are cast back to the compute dtype on arrival. Each exchange
+Tensors travel in BF16 (docs/design.md §3) and are cast back to the compute dtype on arrival. Each exchange
 posts its sends and receives together and then waits, so paired stages never deadlock (gloo and NCCL).
 """
 

@@ -1,8 +1,10 @@
 """Forward and backward over the micro-batches of one global batch: no pipelining, or 1F1B.
 
-Each micro-batch's loss is the mean over its unmasked tokens; gradients are scaled by 1/num_micro so
-the accumulated gradient is that of the mean loss over the global batch (Megatron's convention).
-Losses are returned only where they exist: on the last pipeline stage.
+Each micro-batch's loss is the sum of its masked token losses; backward runs on that sum times
+``loss_scale``, which the caller sets to (data-parallel size / unmasked tokens in the global batch) so
+that, after the data-parallel gradient average, the gradient is that of the masked token mean over the
+whole global batch (Megatron's --calculate-per-token-loss); FP16 loss scaling is folded into the same
+factor. The masked sums are returned only where they exist: on the last pipeline stage.
 """
 
 from contextlib import nullcontext
@@ -12,40 +14,42 @@ import torch
 from .p2p import StageLink
 
 
-def masked_mean_loss(token_loss: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    return (token_loss * loss_mask).sum() / loss_mask.sum().clamp(min=1)
+def masked_loss_sum(token_loss: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    return (token_loss.float() * loss_mask).sum()
 
 
 def _forward(model, mb: dict, input_tensor, meter):
     model.set_input_tensor(input_tensor)
     with meter.measure() if meter is not None else nullcontext():
-        out = model(mb["tokens"], mb["position_ids"], mb["labels"])
+        out = model(mb["tokens"], mb["position_ids"], mb["labels"], mb.get("document_ids"))
     if model.post_process:
-        return masked_mean_loss(out, mb["loss_mask"])
+        return masked_loss_sum(out, mb["loss_mask"])
     return out
 
 
-def _backward(input_tensor, output, output_grad, num_micro: int):
+def _backward(input_tensor, output, output_grad, loss_scale: float):
     if output_grad is None:  # last stage: output is the loss
-        (output / num_micro).backward()
+        (output * loss_scale).backward()
     else:
         torch.autograd.backward(output, grad_tensors=output_grad)
     return input_tensor.grad if input_tensor is not None else None
 
 
-def forward_backward_no_pipelining(model, micro_batches: list[dict], meter=None, forward_only: bool = False):
-    """Run every micro-batch through ``model`` (and backward unless ``forward_only``); returns the losses."""
+def forward_backward_no_pipelining(model, micro_batches: list[dict], meter=None, forward_only: bool = False,
+                                   loss_scale: float = 1.0):
+    """Run every micro-batch through ``model`` (and backward unless ``forward_only``); returns the masked
+    loss sums."""
     losses = []
     for mb in micro_batches:
         loss = _forward(model, mb, None, meter)
         if not forward_only:
-            _backward(None, loss, None, len(micro_batches))
+            _backward(None, loss, None, loss_scale)
         losses.append(loss.detach())
     return losses
 
 
 def forward_backward_1f1b(model, micro_batches: list[dict], pstate, activation_shape, dtype, device,
-                          meter=None, forward_only: bool = False):
+                          meter=None, forward_only: bool = False, loss_scale: float = 1.0):
     """Non-interleaved 1F1B: ``pp - rank - 1`` warm-up forwards, then one forward and one backward in turn,
     then the remaining backwards. Keeps at most ``pp`` micro-batches of activations alive per stage."""
     link = StageLink(pstate, activation_shape, dtype, device)
@@ -63,7 +67,7 @@ def forward_backward_1f1b(model, micro_batches: list[dict], pstate, activation_s
 
     def backward(grad):
         x, y = inputs.pop(0), outputs.pop(0)
-        return _backward(x, y, grad, n)
+        return _backward(x, y, grad, loss_scale)
 
     for i in range(warmup):
         x = link.recv_forward()

@@ -1,4 +1,5 @@
-"""Hugging Face import/export on random small GPT-2 and Llama models built here (nothing downloaded).
+"""Hugging Face import/export on random small GPT-2, Llama(-3, -3.1), Mistral and Qwen2 models built here
+(nothing downloaded).
 
 Import must reproduce the HF model's logits (FP32, eval) through our own model at any TP size, and
 export must give back the very tensors it was imported from.
@@ -6,6 +7,7 @@ export must give back the very tensors it was imported from.
 
 import json
 import os
+import re
 import sys
 from types import SimpleNamespace
 
@@ -33,13 +35,16 @@ from megatron_fp8.parallel.state import ParallelState  # noqa: E402
 from . import hf_models  # noqa: E402
 from .hf_models import VOCAB, build  # noqa: E402
 
-VARIANTS = ("gpt2", "gpt2_untied_exact_gelu", "llama", "llama_tied_bias")
+VARIANTS = ("gpt2", "gpt2_untied_exact_gelu", "llama", "llama_tied_bias", *hf_models.FAMILY)
 CONFIG_FIELDS = {"gpt2": ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "activation_function",
                           "layer_norm_epsilon", "tie_word_embeddings", "bos_token_id", "eos_token_id"),
                  "llama": ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                            "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps",
                            "rope_parameters", "attention_bias", "mlp_bias", "tie_word_embeddings", "bos_token_id",
                            "eos_token_id")}
+CONFIG_FIELDS["mistral"] = tuple(f for f in CONFIG_FIELDS["llama"] if "bias" not in f) + ("sliding_window",)
+CONFIG_FIELDS["qwen2"] = tuple(f for f in CONFIG_FIELDS["mistral"] if f != "head_dim") + (
+    "use_sliding_window", "max_window_layers", "layer_types")
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +71,11 @@ def _assert_same_logits(hf_model, ckpt: str) -> None:
 
 
 @pytest.mark.parametrize("name", VARIANTS)
-def test_import_matches_logits_and_export_round_trips(hf_dirs, tmp_path, name):
+def test_import_matches_logits_and_export_round_trips(hf_dirs, tmp_path, capsys, name):
     src, hf_model = hf_dirs[name]
-    ckpt = _import(src, str(tmp_path / "ckpt"))
+    ckpt = _import(src, str(tmp_path / "ckpt"), "--verify")
+    verified = re.search(r"max \|logit difference\| vs transformers: (\S+)", capsys.readouterr().out)
+    assert verified and float(verified.group(1)) < 1e-4
     _assert_same_logits(hf_model, ckpt)
 
     out = tmp_path / "exported"
@@ -89,12 +96,14 @@ def test_import_matches_logits_and_export_round_trips(hf_dirs, tmp_path, name):
         assert torch.equal(reloaded(tokens).logits, hf_model(tokens).logits)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama"])
-def test_import_at_tp2_reshards_qkv_and_swiglu(hf_dirs, tmp_path, name):
+@pytest.mark.parametrize("name,pp", [("gpt2", 1), ("llama", 1), ("llama3_gqa", 1), ("qwen2_untied", 2)])
+def test_import_at_tp2_reshards_qkv_and_swiglu(hf_dirs, tmp_path, name, pp):
+    """TP2 hands each rank whole query groups (GQA: one of the two); with PP2 each stage one layer."""
     src, hf_model = hf_dirs[name]
-    ckpt = _import(src, str(tmp_path / "ckpt"), "--target-tensor-parallel-size", "2")
+    ckpt = _import(src, str(tmp_path / "ckpt"), "--target-tensor-parallel-size", "2",
+                   "--target-pipeline-parallel-size", str(pp))
     meta = json.load(open(tmp_path / "ckpt" / "iter_0000000" / "metadata.json"))
-    assert meta["layout"]["tp"] == 2 and meta["config"]["model"]["vocab_size"] == 512
+    assert meta["layout"]["tp"] == 2 and meta["layout"]["pp"] == pp and meta["config"]["model"]["vocab_size"] == 512
     _assert_same_logits(hf_model, ckpt)
     out = tmp_path / "exported"  # and back from the TP2 shards to the very same tensors
     convert_checkpoint.main(["--load", ckpt, "--hf-export", str(out)])
@@ -117,20 +126,24 @@ def test_import_at_fp8_level_keeps_exact_master(hf_dirs, tmp_path):
 
 
 @pytest.mark.parametrize("kind, overrides, field", [
-    ("llama", {"num_key_value_heads": 2}, "num_key_value_heads=2"),
+    ("llama", {"num_key_value_heads": 3}, "num_key_value_heads=3"),
     ("llama", {"attention_bias": True}, "attention_bias=True"),
     ("llama", {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "rope_parameters"),
+    ("llama", {"rope_scaling": {**hf_models.LLAMA3_SCALING, "low_freq_factor": 2.0}}, "low_freq_factor"),
     ("llama", {"hidden_act": "gelu"}, "hidden_act='gelu'"),
     ("gpt2", {"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx=True"),
     ("gpt2", {"activation_function": "relu"}, "activation_function='relu'"),
-    ("mistral", {}, "model_type='mistral'"),
+    ("mistral", {"sliding_window": 16, "max_position_embeddings": 64}, "sliding_window=16"),
+    ("qwen2", {"use_sliding_window": True, "sliding_window": 32, "max_window_layers": 0,
+               "max_position_embeddings": 64}, "sliding_window=32"),
+    ("gemma", {}, "model_type='gemma'"),
 ])
 def test_unsupported_configs_are_refused(tmp_path, kind, overrides, field):
-    cls = {"llama": transformers.LlamaConfig, "gpt2": transformers.GPT2Config,
-           "mistral": transformers.MistralConfig}[kind]
-    small = dict(num_hidden_layers=1, hidden_size=64, num_attention_heads=4, vocab_size=VOCAB) if kind != "gpt2" \
-        else dict(n_layer=1, n_embd=64, n_head=4, vocab_size=VOCAB)
-    cls(**small, **overrides).save_pretrained(tmp_path / "src")
+    cls = {"llama": transformers.LlamaConfig, "gpt2": transformers.GPT2Config, "mistral": transformers.MistralConfig,
+           "qwen2": transformers.Qwen2Config, "gemma": transformers.GemmaConfig}[kind]
+    small = dict(num_hidden_layers=1, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB) \
+        if kind != "gpt2" else dict(n_layer=1, n_embd=64, n_head=4, vocab_size=VOCAB)
+    cls(**{**small, **overrides}).save_pretrained(tmp_path / "src")
     with pytest.raises(ValueError, match=field.replace("(", r"\(").replace("[", r"\[")):
         hf.import_hf(str(tmp_path / "src"), str(tmp_path / "ckpt"))
     with pytest.raises(SystemExit, match="convert_checkpoint.py: .*config.json"):

@@ -182,3 +182,22 @@ def test_train_tokenizer_tool(tmp_path, texts, kind, outputs):
     out = run_tool("train_tokenizer.py", "--input", bad, "--tokenizer-type", kind, "--output-dir", tmp_path / "t2")
     assert out.returncode == 1 and "bad.jsonl:2: no string under key 'text'" in out.stderr
     assert not os.path.exists(tmp_path / "t2")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_full_disk_names_the_output_file(tmp_path, spm_cfg, texts, monkeypatch):
+    """The tokens go to /dev/full (always full): the error says so and names the output, not 'Errno 28'."""
+    import builtins
+
+    from megatron_fp8.data import indexed_dataset
+    from megatron_fp8.fsutil import DiskFullError
+
+    def full_open(path, mode="r", *args, **kwargs):
+        target = "/dev/full" if ".bin.partial-" in str(path) and "w" in mode else path
+        return builtins.open(target, mode, *args, **kwargs)
+
+    monkeypatch.setattr(indexed_dataset, "open", full_open, raising=False)
+    src = write_jsonl(tmp_path / "in.jsonl", texts)
+    with pytest.raises(DiskFullError, match=r"out_text_document.bin: no space left on device"):
+        preprocess_jsonl([src], str(tmp_path / "out"), spm_cfg)
+    assert only_inputs_left(tmp_path, [src])

@@ -20,8 +20,21 @@ from megatron_fp8.fp8.kernels import AdamWHyper, AdamWTensors
 E4M3, E5M2, F16, BF16, F32 = torch.float8_e4m3fn, torch.float8_e5m2, torch.float16, torch.bfloat16, torch.float32
 ALL = (F32, F16, BF16, E4M3, E5M2)
 BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32}
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-CUDA_KERNELS = kernels.BACKEND == "csrc-cuda"
+
+
+def _not_compiled() -> str | None:
+    """Why the compiled kernels cannot be compared with the reference here (None: they can)."""
+    try:
+        return None if kernels.BACKEND != "reference" else kernels.FALLBACK_MESSAGE
+    except ImportError as err:  # MEGATRON_FP8_REQUIRE_KERNELS=1 without kernels: test_backend fails
+        return str(err)
+
+
+NOT_COMPILED = _not_compiled()
+CUDA_KERNELS = NOT_COMPILED is None and kernels.BACKEND == "csrc-cuda"
+# Comparing the reference with itself proves nothing: without the extension these tests skip, saying why
+# (and tests/conftest.py adds a line to the summary).
+compiled = pytest.mark.skipif(NOT_COMPILED is not None, reason=f"compiled kernels not checked: {NOT_COMPILED}")
 
 
 def assert_bitwise(got, want, what=""):
@@ -78,6 +91,7 @@ SMALL, BIG = [0, 1, 127, 1025], 33_001
 THREADED_PAIRS = [(F32, E4M3), (BF16, E5M2), (F16, F16), (E4M3, F32), (F32, BF16)]
 
 
+@compiled
 @pytest.mark.parametrize("n", SMALL)
 @pytest.mark.parametrize("src,dst", list(itertools.product(ALL, ALL)))
 def test_scale_cast_amax(src, dst, n):
@@ -86,6 +100,7 @@ def test_scale_cast_amax(src, dst, n):
         assert_bitwise(kernels.scale_cast_amax(x, scalar(s), dst), reference.scale_cast_amax(x, scalar(s), dst))
 
 
+@compiled
 @pytest.mark.parametrize("src,dst", THREADED_PAIRS)
 def test_scale_cast_amax_threaded(src, dst):
     test_scale_cast_amax(src, dst, BIG)
@@ -99,12 +114,14 @@ def test_scale_cast_amax_nan_inf_amax():
     assert kernels.scale_cast_amax(torch.empty(0), scalar(1.0), E4M3)[1].item() == 0.0
 
 
+@compiled
 def test_scale_cast_amax_strided_and_shaped():
     x = values(6 * 50, seed=3).reshape(6, 50)[:, ::3]  # non-contiguous: copied, same values
     got = kernels.scale_cast_amax(x, scalar(4.0), E5M2)
     assert_bitwise(got, reference.scale_cast_amax(x.contiguous(), scalar(4.0), E5M2))
 
 
+@compiled
 @pytest.mark.parametrize("shape", [(1, 1), (1, 7), (7, 1), (37, 61), (64, 64), (65, 130), (130, 67), (0, 5),
                                    (300, 257)])
 @pytest.mark.parametrize("src,dst", [(F32, E4M3), (F32, E5M2), (BF16, E4M3), (F16, F16), (F32, BF16),
@@ -123,6 +140,7 @@ def test_cast_transpose_rejects_non_2d():
 
 # ---- fp8_accumulate -----------------------------------------------------------------------------------
 
+@compiled
 @pytest.mark.parametrize("n", SMALL)
 @pytest.mark.parametrize("acc_dtype", ALL)
 @pytest.mark.parametrize("grad_dtype", [F32, BF16, F16, E5M2])
@@ -137,6 +155,7 @@ def test_fp8_accumulate(acc_dtype, grad_dtype, n):
         assert_bitwise((ours, ours_sinv, got), (ref, ref_sinv, want), f"step {step}")
 
 
+@compiled
 @pytest.mark.parametrize("acc_dtype,grad_dtype", [(E4M3, BF16), (F16, F32), (F32, F32), (BF16, E5M2)])
 def test_fp8_accumulate_threaded(acc_dtype, grad_dtype):
     test_fp8_accumulate(acc_dtype, grad_dtype, BIG)
@@ -156,6 +175,7 @@ def test_fp8_accumulate_keeps_scale_on_overflow(bad):
     assert amax.isnan() if bad != bad else amax.item() == float("inf")
 
 
+@compiled
 def test_fp8_accumulate_scale_extremes():
     """amax far below / above the format range: the exponent clamps at +-126, tiny amax -> ratio inf."""
     for magnitude in (1e-42, 1e-30, 1e30, 3e38):
@@ -170,6 +190,7 @@ def test_fp8_accumulate_scale_extremes():
 
 # ---- sum_shards ---------------------------------------------------------------------------------------
 
+@compiled
 @pytest.mark.parametrize("shape", [(1, 0), (1, 1), (3, 127), (5, 1025), (2, 3, 7), (2, 17_000)])
 @pytest.mark.parametrize("src", [E4M3, E5M2, F16, F32, BF16])
 @pytest.mark.parametrize("dst", ALL)
@@ -236,6 +257,7 @@ def run_adamw(combo, sizes, steps=3, device="cpu"):
                     assert_bitwise(value, getattr(b, field), f"step {step} param {k} {field}")
 
 
+@compiled
 @pytest.mark.parametrize("combo", list(itertools.product(MASTER, GRAD, EXP_AVG, EXP_AVG_SQ, WEIGHT)),
                          ids=lambda c: "-".join("none" if d is None else str(d).split(".")[1] for d in c))
 def test_adamw_every_combination(combo):
@@ -243,6 +265,7 @@ def test_adamw_every_combination(combo):
     run_adamw(combo, sizes=(127, 0, 1))
 
 
+@compiled
 @pytest.mark.parametrize("combo", [(F16, E4M3, E4M3, F16, E4M3), (F32, F32, F32, F32, None),
                                    (F16, E5M2, F32, F32, BF16), (F32, BF16, BF16, BF16, BF16)])
 def test_adamw_threaded_sizes(combo):
@@ -250,6 +273,7 @@ def test_adamw_threaded_sizes(combo):
     run_adamw(combo, sizes=(BIG, 1025), steps=2)
 
 
+@compiled
 def test_adamw_mixed_list_falls_back_per_tensor():
     """A non-contiguous state goes to the reference, the rest to the extension, in one call."""
     combo = (F16, E4M3, E4M3, F16, E4M3)
@@ -271,7 +295,7 @@ def test_adamw_mixed_list_falls_back_per_tensor():
 
 # ---- the binding's own validation -----------------------------------------------------------------------
 
-@pytest.mark.skipif(kernels.BACKEND == "reference", reason="no compiled extension")
+@compiled
 def test_binding_rejects_bad_input():
     ext = kernels._EXT
     with pytest.raises(RuntimeError, match="contiguous"):
@@ -289,12 +313,16 @@ def test_binding_rejects_bad_input():
 
 
 def test_loader_environment_switches():
-    """MEGATRON_FP8_KERNELS=reference selects the reference; with MEGATRON_FP8_REQUIRE_KERNELS=1 as well,
-    the fallback is an ImportError that says why."""
-    script = ("import warnings; warnings.simplefilter('error')\n"
-              "from megatron_fp8.fp8 import kernels; assert kernels.BACKEND == 'reference'\n"
-              "import os, importlib; os.environ['MEGATRON_FP8_REQUIRE_KERNELS'] = '1'\n"
-              "try:\n    importlib.reload(kernels)\nexcept ImportError as err:\n    print('raised:', err)\n")
+    """Importing loads nothing; MEGATRON_FP8_KERNELS=reference selects the reference (no warning); with
+    MEGATRON_FP8_REQUIRE_KERNELS=1 as well, the first use is an ImportError that says why."""
+    script = ("import sys, warnings; warnings.simplefilter('error')\n"
+              "import megatron_fp8.training\n"
+              "from megatron_fp8.fp8 import kernels\n"
+              "assert kernels.loaded_status() is None and 'megatron_fp8._C' not in sys.modules\n"
+              "assert kernels.BACKEND == 'reference' and kernels.loaded_status()[0] == 'reference'\n"
+              "import os, torch; os.environ['MEGATRON_FP8_REQUIRE_KERNELS'] = '1'\n"
+              "try:\n    kernels.scale_cast_amax(torch.ones(3), torch.tensor(1.0), torch.float8_e4m3fn)\n"
+              "except ImportError as err:\n    print('raised:', err)\n")
     env = dict(os.environ, MEGATRON_FP8_KERNELS="reference")
     env.pop("MEGATRON_FP8_REQUIRE_KERNELS", None)
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
@@ -302,6 +330,30 @@ def test_loader_environment_switches():
     assert "raised:" in done.stdout and "MEGATRON_FP8_REQUIRE_KERNELS=1" in done.stdout
 
 
+def test_fallback_warns_once_on_first_use(tmp_path):
+    """No compiled module and no sources to JIT-build: the first kernel call warns once and runs the
+    reference; importing the package did not try to build anything."""
+    script = ("import warnings, torch\n"
+              "import megatron_fp8.fp8.kernel_build as kb\n"
+              "kb.repo_root = lambda: %r\n"
+              "from megatron_fp8.fp8 import kernels\n"
+              "kernels._load_installed = lambda: (None, 'no installed module (test)')\n"
+              "with warnings.catch_warnings(record=True) as seen:\n"
+              "    warnings.simplefilter('always')\n"
+              "    for _ in range(3):\n"
+              "        kernels.scale_cast_amax(torch.ones(3), torch.tensor(1.0), torch.float8_e4m3fn)\n"
+              "print(len(seen), kernels.BACKEND, seen[0].message)\n") % str(tmp_path)
+    env = dict(os.environ)
+    env.pop("MEGATRON_FP8_REQUIRE_KERNELS", None)
+    env.pop("MEGATRON_FP8_KERNELS", None)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    count, backend, message = done.stdout.split(" ", 2)
+    assert (count, backend) == ("1", "reference"), done.stdout
+    assert "no csrc sources" in message and "no installed module (test)" in message
+
+
+@compiled
 def test_unsupported_dtype_uses_reference():
     x = torch.randn(10, dtype=torch.float64)
     assert_bitwise(kernels.scale_cast_amax(x, scalar(1.0), E4M3), reference.scale_cast_amax(x, scalar(1.0), E4M3))
@@ -309,8 +361,8 @@ def test_unsupported_dtype_uses_reference():
 
 # ---- CUDA (only where a GPU is present) ---------------------------------------------------------------
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.skipif(not CUDA_KERNELS, reason="extension built without CUDA")
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA_KERNELS, reason=f"extension built without CUDA ({NOT_COMPILED or 'CPU-only build'})")
 def test_cuda_matches_reference():
     for src, dst in ((F32, E4M3), (BF16, E5M2), (F32, F16)):
         x = stored(values(100_003, seed=7), src).cuda()

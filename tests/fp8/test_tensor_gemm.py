@@ -124,7 +124,7 @@ def test_fallback_when_scaled_mm_refuses(monkeypatch, caplog):
         raise RuntimeError("shape not supported")
 
     monkeypatch.setattr(torch, "_scaled_mm", refuse)
-    monkeypatch.setattr(gemm, "_refused", set())
+    monkeypatch.setattr(gemm, "_refused", {})
     a = Fp8Tensor.quantize_current(torch.randn(5, 7), E4M3)
     b = Fp8Tensor.quantize_current(torch.randn(3, 7), E4M3)
     with caplog.at_level("WARNING"):

@@ -1,6 +1,6 @@
 """A single-process model that rounds to BF16 where a pipeline would send tensors between stages.
 
-The pipeline moves hidden states forward and their gradients backward in BF16 (DESIGN §3). Doing the
+The pipeline moves hidden states forward and their gradients backward in BF16 (docs/design.md §3). Doing the
 same at the same layer boundaries in one process gives a reference the pipelined run must match to
 FP32 order, which checks the schedule, p2p and stage split far more tightly than the plain reference.
 """

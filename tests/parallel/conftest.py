@@ -17,11 +17,12 @@ CURVE_STEPS = 10
 LAYOUTS = {
     "TP2": (2, 1, False, [("off", "off", "gpt", CURVE_STEPS), ("O2", "O2", "gpt", CURVE_STEPS)]),
     "TP2+SP": (2, 1, True, [("off", "off", "gpt", CURVE_STEPS), ("O2", "O2", "gpt", CURVE_STEPS),
-                            ("llama-off", "off", "llama", 0), ("llama-O2", "O2", "llama", 0)]),
+                            ("llama-off", "off", "llama", 0), ("llama-O2", "O2", "llama", 0),
+                            ("gqa-off", "off", "gqa", 0), ("gqa-O2", "O2", "gqa", 0)]),
     "PP2": (1, 2, False, [("off", "off", "gpt", CURVE_STEPS), ("O2", "O2", "gpt", CURVE_STEPS),
                           ("many-micro-off", "off", "many-micro", 0), ("many-micro-O2", "O2", "many-micro", 0)]),
     "TP2xPP2+SP": (2, 2, True, [("off", "off", "gpt", CURVE_STEPS), ("O2", "O2", "gpt", CURVE_STEPS),
-                                ("llama-O2", "O2", "llama", 0),
+                                ("llama-O2", "O2", "llama", 0), ("gqa-O3", "O3", "gqa", 0),
                                 ("pp4-off", "off", "deep-many-micro", 0, (1, 4, False)),
                                 ("pp4-O2", "O2", "deep-many-micro", 0, (1, 4, False))]),
 }

@@ -86,8 +86,8 @@ def train_curve(trainer: Trainer, data, steps: int) -> tuple[list[float], list[f
     """Losses and gradient norms of ``steps`` training steps (helpers.run_steps, recording the norms)."""
     norms, step = [], trainer.train_step
 
-    def recording_step(micro_batches, lr):
-        result = step(micro_batches, lr)
+    def recording_step(micro_batches, *lrs):
+        result = step(micro_batches, *lrs)
         norms.append(result.grad_norm)
         return result
 

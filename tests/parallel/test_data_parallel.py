@@ -65,7 +65,7 @@ def test_model_parallel_with_dp_at_o3(tp, pp):
 
 def test_fp8_gradient_traffic_and_o3_state_bytes():
     """Per parameter and step: FP8 dp-grad bytes <= 0.27x the FP32 all-reduce of `off`; O3 optimizer state
-    per rank within 5% of DESIGN §1's 5/d bytes per FP8-eligible parameter."""
+    per rank within 5% of docs/design.md §1's 5/d bytes per FP8-eligible parameter."""
     runs = [{"name": n, "config": dict(level=lvl, hidden=128, distopt=d)}
             for n, lvl, d in [("off", "off", False), ("O1", "O1", False), ("O2", "O2", False),
                               ("O3", "O3", True)]]

@@ -63,12 +63,15 @@ def test_loss_curve_within_one_percent(runs, layout, level):
             assert abs(got - want) <= CURVE * want, f"step {step}: {got:.5f} vs single process {want:.5f}"
 
 
-@pytest.mark.parametrize("layout,key", [("TP2+SP", "llama-off"), ("TP2+SP", "llama-O2"), ("TP2xPP2+SP", "llama-O2")])
+@pytest.mark.parametrize("layout,key", [("TP2+SP", "llama-off"), ("TP2+SP", "llama-O2"), ("TP2xPP2+SP", "llama-O2"),
+                                        ("TP2+SP", "gqa-off"), ("TP2+SP", "gqa-O2"), ("TP2xPP2+SP", "gqa-O3")])
 def test_llama_variant_matches(runs, layout, key):
-    """RMSNorm, RoPE, untied head and SwiGLU, whose fc1 weight and bias are split block by block."""
-    level = key.split("-")[1]
+    """RMSNorm, RoPE, untied head and SwiGLU, whose fc1 weight and bias are split block by block; ``gqa``
+    adds grouped-query attention (whole query groups per TP rank), --kv-channels, the QKV-only bias,
+    partial Llama-3.1-scaled RoPE and zero-centred norms."""
+    variant, level = key.split("-")
     _, pp, _, _ = LAYOUTS[layout]
-    results, ref = runs.layout(layout), runs.reference("llama", level, pp_boundaries=pp)
+    results, ref = runs.layout(layout), runs.reference(variant, level, pp_boundaries=pp)
     for quantity, check in (("logits", check_logits), ("loss", check_losses), ("grads", check_grads)):
         check(results, key, ref, tolerance(level, quantity, pp > 1, emulated_boundary=pp > 1))
 

@@ -1,7 +1,7 @@
 """Byte counters around one forward in TP2+SP: the sequence-parallel all-gathers feeding FP8 linears move
 one byte per element at O2 and four (FP32) at ``off``.
 
-Bytes follow DESIGN §3's bus convention: an all-gather of a full tensor of S bytes over N ranks counts
+Bytes follow docs/design.md §3's bus convention: an all-gather of a full tensor of S bytes over N ranks counts
 (N-1)/N * S for each rank, i.e. (tp-1) x (elements of this rank's shard) x bytes per element.
 """
 

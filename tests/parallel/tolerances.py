@@ -11,7 +11,7 @@ Three mechanisms, and nothing else, separate a correct layout from the single pr
    for FP8 the coarsest one a value meets: E5M2 gradients at the first backward, which the delayed
    recipe casts with its initial scale 1, so gradients of ~1e-5 sit among subnormals (step 2^-16,
    relative spacing ~1).
-3. The pipeline's BF16 wire (DESIGN §3): activations forward and their gradients backward are rounded to
+3. The pipeline's BF16 wire (docs/design.md §3): activations forward and their gradients backward are rounded to
    BF16 at each stage boundary, every element by at most ``U_BF16`` = 2^-9.
 
 A bug (a shard in the wrong place, a missing TP or tied-embedding reduction, a lost or reordered

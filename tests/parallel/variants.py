@@ -10,7 +10,10 @@ def model_config(variant: str, level: str, tp: int = 1, pp: int = 1, sp: bool = 
     ``llama``: the other side of every model switch: RMSNorm, SwiGLU (fc1 holds two stacked blocks that
     TP splits block by block, biases included), RoPE, untied output layer.
     ``many-micro``: the tiny GPT with 8 micro-batches of 2 per step (1F1B runs longer than the pipeline).
-    ``deep-many-micro``: the same with 4 layers, for a 4-stage pipeline."""
+    ``deep-many-micro``: the same with 4 layers, for a 4-stage pipeline.
+    ``gqa``: the llama model with grouped-query attention (8 heads in 4 groups: under TP2 each rank holds two
+    whole groups, and q is the strided copy), a head size other than hidden/heads, a QKV-only bias, partial
+    RoPE with Llama-3.1 scaling and zero-centred RMSNorm weights."""
     if variant == "gpt":
         return tiny_config(level, tp, pp, sp)
     if variant == "many-micro":
@@ -23,5 +26,11 @@ def model_config(variant: str, level: str, tp: int = 1, pp: int = 1, sp: bool = 
         config = tiny_config(level, tp, pp, sp)
         config.model = replace(config.model, normalization="RMSNorm", swiglu=True, position_embedding_type="rope",
                                untie_embeddings_and_output_weights=True, ffn_hidden_size=128)
+        return config
+    if variant == "gqa":
+        config = model_config("llama", level, tp, pp, sp)
+        config.model = replace(config.model, num_attention_heads=8, group_query_attention=True, num_query_groups=4,
+                               kv_channels=12, add_bias_linear=False, add_qkv_bias=True, rotary_percent=0.5,
+                               use_rope_scaling=True, apply_layernorm_1p=True)
         return config
     raise ValueError(f"unknown test model variant {variant!r}")

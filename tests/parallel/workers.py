@@ -14,7 +14,7 @@ def layout_worker(rank: int, world: int, tp: int, pp: int, sp: bool, runs: list)
     out = {}
     for key, level, variant, steps, *layout in runs:
         config = model_config(variant, level, *(layout[0] if layout else (tp, pp, sp)))
-        pstate = build_state(config, rank, world, config.check_world(world))
+        pstate = build_state(config, rank, world, config.validate_layout(world))
         out[key] = run_probe(config, pstate, steps)
         dist.barrier()
     return out

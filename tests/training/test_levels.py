@@ -1,4 +1,4 @@
-"""Every precision level learns, tracks the FP32 reference, and stores exactly the dtypes of DESIGN §1."""
+"""Every precision level learns, tracks the FP32 reference, and stores exactly the dtypes of docs/design.md §1."""
 
 import pytest
 import torch

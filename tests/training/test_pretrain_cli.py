@@ -5,6 +5,7 @@ import os
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
@@ -43,15 +44,31 @@ def test_train_log_save_and_resume(tmp_path, capsys):
 
 @pytest.mark.parametrize("flags,message", [
     (["--hidden-size", "65"], "--hidden-size 65 must be divisible by --num-attention-heads 4"),
-    (["--fp8-level", "O4"], "--fp8-level must be one of"),
+    (["--fp8-level", "O4"], "argument --fp8-level: invalid choice: 'O4'"),
     (["--fp8-recipe", "magic"], "--fp8-recipe"),
-    (["--sequence-parallel"], "--sequence-parallel needs --tensor-model-parallel-size > 1"),
     (["--exp-avg-dtype", "int8"], "--exp-avg-dtype"),
     (["--fp8-level", "off", "--grad-reduce-dtype", "fp8"], "--grad-reduce-dtype fp8 needs"),
     (["--fp8-level", "O3", "--main-params-dtype", "fp16", "--exp-avg-dtype", "fp8"], None),
     (["--min-lr", "1", "--lr", "0.1"], "--min-lr"),
     (["--save-interval", "5"], "--save-interval needs --save"),
     (["--seq-length", "64", "--max-position-embeddings", "32"], "--seq-length 64 exceeds"),
+    # every single-flag bound, checked before any work (issue 17 item 8)
+    (["--global-batch-size", "-4"], "--global-batch-size must be positive, got -4"),
+    (["--global-batch-size", "0"], "--global-batch-size must be positive, got 0"),
+    (["--lr", "-1"], "--lr must be >= 0, got -1.0"),
+    (["--lr", "nan"], "--lr must be a finite number"),
+    (["--ffn-hidden-size", "0"], "--ffn-hidden-size must be positive, got 0"),
+    (["--ffn-hidden-size", "-8"], "--ffn-hidden-size must be positive, got -8"),
+    (["--make-vocab-size-divisible-by", "0"], "--make-vocab-size-divisible-by must be positive"),
+    (["--adam-beta1", "2"], "--adam-beta1 must be in [0, 1), got 2.0"),
+    (["--weight-decay", "-1"], "--weight-decay must be >= 0"),
+    (["--hidden-dropout", "1"], "--hidden-dropout must be in [0, 1)"),
+    (["--fp8-margin", "-1"], "--fp8-margin must be >= 0"),
+    (["--fp8-amax-history-len", "0"], "--fp8-amax-history-len must be positive"),
+    (["--fp8-recipe", "mxfp8"], "--fp8-recipe mxfp8 (MX block scaling on Blackwell GPUs) is not implemented"),
+    (["--context-parallel-size", "2"], "--context-parallel-size 2: context parallelism is not implemented"),
+    (["--num-experts", "8"], "--num-experts 8: mixture of experts is not implemented"),
+    (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
 ])
 def test_bad_flags_name_the_flag(flags, message, capsys):
     argv = TINY + flags
@@ -63,15 +80,51 @@ def test_bad_flags_name_the_flag(flags, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_megatron_flags_that_tune_other_implementations_are_reported():
+    config = parse_config(TINY + ["--use-mcore-models", "--attention-backend", "auto", "--context-parallel-size", "1",
+                                  "--ckpt-format", "torch_dist", "--fp8-recipe", "tensorwise", "--norm-epsilon", "1e-6",
+                                  "--split", "'99,1,0'"])
+    notes = "\n".join(config.startup_notes)
+    assert "--use-mcore-models: accepted" in notes and "--attention-backend auto: accepted" in notes
+    assert "--ckpt-format torch_dist: accepted" in notes and "context" not in notes  # size 1 asks for nothing
+    assert config.precision.recipe.recipe == "current"  # Megatron's tensorwise is current scaling
+    assert config.model.layernorm_epsilon == 1e-6 and config.data.split_fractions == (0.99, 0.01, 0.0)
+
+
+def test_sequence_parallel_without_tensor_parallelism_is_disabled_as_megatron_does():
+    """Megatron's Llama-3 script passes --sequence-parallel with TP 1: Megatron warns and turns it off."""
+    config = parse_config(TINY + ["--sequence-parallel"])
+    assert not config.parallel.sequence_parallel
+    assert "--sequence-parallel: disabled, --tensor-model-parallel-size is 1" in "\n".join(config.startup_notes)
+    assert parse_config(TINY + ["--sequence-parallel", "--tensor-model-parallel-size", "2"]).parallel.sequence_parallel
+
+
+def test_grad_reduce_in_bf16_maps_to_the_wire_dtype_of_the_baselines():
+    config = parse_config(TINY + ["--fp8-level", "off", "--grad-reduce-in-bf16"])
+    assert config.precision.policy.grad_reduce == torch.bfloat16
+    assert "--grad-reduce-in-bf16: data-parallel gradients travel in BF16" in "\n".join(config.startup_notes)
+    config = parse_config(TINY + ["--fp8-level", "O2", "--grad-reduce-in-bf16"])
+    assert config.precision.grad_reduce_dtype is None and config.precision.policy.grad_reduce == torch.float8_e4m3fn
+    assert "weight gradients are FP8 and reduced in FP8" in "\n".join(config.startup_notes)
+    with pytest.raises(SystemExit):
+        parse_config(TINY + ["--fp8-level", "off", "--grad-reduce-in-bf16", "--grad-reduce-dtype", "fp32"])
+
+
+def test_sequence_parallel_length_checked_before_any_work():
+    config = parse_config(TINY + ["--tensor-model-parallel-size", "2", "--sequence-parallel", "--seq-length", "33"])
+    with pytest.raises(ValueError, match="--seq-length 33 is not divisible by --tensor-model-parallel-size 2"):
+        config.validate_layout(2)
+
+
 def test_world_layout_errors():
     config = parse_config(TINY + ["--global-batch-size", "6", "--micro-batch-size", "4"])
     with pytest.raises(ValueError, match="--global-batch-size 6 is not divisible by --micro-batch-size 4"):
-        config.check_world(1)
+        config.validate_layout(1)
     config = parse_config(TINY + ["--tensor-model-parallel-size", "3"])
     with pytest.raises(ValueError, match="--num-attention-heads 4 is not divisible by --tensor-model-parallel-size 3"):
-        config.check_world(3)
+        config.validate_layout(3)
     with pytest.raises(ValueError, match="world size 4 is not divisible"):
-        config.check_world(4)
+        config.validate_layout(4)
 
 
 def test_generate_from_checkpoint(tmp_path, capsys):

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from megatron_fp8.checkpoint.atomic import TRACKER, iteration_dir
+from megatron_fp8.checkpoint.tracker import TRACKER, iteration_dir
 from megatron_fp8.training import Trainer
 
 from ..helpers import run_steps, tiny_config
