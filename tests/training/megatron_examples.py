@@ -12,12 +12,6 @@ sizes are the scripts' own. Bash passes ``"--split '99,1,0'"`` unquoted, i.e. wi
 # rotary percent, layernorm-1p; SFT: per-token loss). The tests drop them (with their values) and check that
 # they are still unknown, so they fail — pointing here — once those flags land. The integrator then empties
 # this list, and the Llama-3 test trains with the script's complete flag set.
-PENDING_LLAMA_FLAGS = {  # flag -> number of values it takes
-    "--group-query-attention": 0, "--num-query-groups": 1, "--kv-channels": 1, "--rotary-percent": 1,
-    "--apply-layernorm-1p": 0, "--calculate-per-token-loss": 0,
-}
-
-
 def gpt3_175b(ckpt: str, tensorboard: str, vocab: str, merges: str, data_prefix: str,
               rampup: bool = False) -> list[str]:
     """train_gpt3_175b_distributed.sh: 96 layers, hidden 12288, 96 heads, seq 2048, global batch 1536
@@ -77,16 +71,3 @@ def llama3_8b_fp8(ckpt: str, tensorboard: str, cache: str) -> list[str]:
         "--ckpt-format", "torch_dist", "--distributed-timeout-minutes", "60", "--save", ckpt, "--load", ckpt,
         "--tensorboard-dir", tensorboard,
     ]
-
-
-def without_pending(argv: list[str]) -> list[str]:
-    """``argv`` less the PENDING_LLAMA_FLAGS and their values."""
-    out, skip = [], 0
-    for arg in argv:
-        if skip:
-            skip -= 1
-        elif arg in PENDING_LLAMA_FLAGS:
-            skip = PENDING_LLAMA_FLAGS[arg]
-        else:
-            out.append(arg)
-    return out

@@ -36,7 +36,7 @@ def test_finetune_loads_weights_only(tmp_path):
     tuned = _fresh(finetune=True, load=ckpt)
     assert load_checkpoint(tuned, ckpt, printer=lambda *a: None)
     assert vars(tuned.progress) == {"iteration": 0, "consumed_samples": 0, "skipped_iterations": 0,
-                                    "nan_iterations": 0}
+                                    "nan_iterations": 0, "scheduler_samples": 0}
     assert tuned.optimizer.step_count == 0
     assert all(torch.count_nonzero(st.exp_avg.view(torch.uint8)) == 0 for st in tuned.optimizer.state.values())
     want = _weights(source)
