@@ -15,6 +15,7 @@ option against the same reference.
 """
 
 import argparse
+import json
 import os
 import sys
 
@@ -67,6 +68,7 @@ def main(argv=None):
     p.add_argument("--levels", default="off,gemm,O1,O2,O3")
     p.add_argument("--tag", default="")
     p.add_argument("--gemm", choices=("scaled_mm", "dequantized"), default="scaled_mm")
+    p.add_argument("--reference", help="take off's losses from this earlier results file (same model and steps)")
     p.add_argument("--master-from-weight", action="store_true",
                    help="build the separate masters from the stored (FP8/BF16-rounded) weights, as before issue 18")
     for name, default in [("steps", 10), ("layers", 2), ("hidden", 512), ("heads", 4), ("seq", 256),
@@ -80,11 +82,12 @@ def main(argv=None):
     if a.master_from_weight:
         _masters_from_weights()
     levels = a.levels.split(",")
+    saved = json.load(open(a.reference))["results"] if a.reference else {}
     levels = levels if "off" in levels else ["off"] + levels
     name = f"early_gap_{a.tag}.json" if a.tag else "early_gap.json"
     results, reference = {}, None
     for level in sorted(levels, key=lambda lv: lv != "off"):  # the reference first
-        losses = train_losses(level, a, extra)
+        losses = saved["off"]["losses"][: a.steps] if level == "off" and saved else train_losses(level, a, extra)
         reference = reference or losses
         gaps = relative_gaps(losses, reference)
         results[level] = {"losses": losses, "vs_off": gaps, "max_abs_gap": max(abs(g) for g in gaps)}

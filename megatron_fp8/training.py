@@ -97,7 +97,8 @@ class Trainer:
         self._writer: CheckpointWriter | None = None
 
     def build_optimizer(self) -> None:
-        """A fresh optimizer whose master copies (where the level keeps them) start from the current weights."""
+        """A fresh optimizer whose master copies (where the level keeps them) start from the full-precision
+        values the weights were last given (initialisation, fine-tuning's load), not from their storage."""
         t, margin = self.config.training, self.config.precision.recipe.margin
         settings = AdamWSettings(t.adam_beta1, t.adam_beta2, t.adam_eps, t.weight_decay, margin)
         named = list(self.model.named_parameters())
