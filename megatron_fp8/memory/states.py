@@ -44,7 +44,8 @@ def _param_bytes(spec: ParamSpec, policy: PrecisionPolicy) -> dict:
     dtypes, n = state_dtypes(spec, policy), spec.numel()
     out = {k: stored_bytes(n, d) for k, d in dtypes.items()}
     # compute-dtype weights carry no scale, FP16 ones with --fp16 included (layers/weights.make_parameter)
-    out["weights"] = n * dtypes["weights"].itemsize + (SCALE_BYTES if policy.stores_scale(spec.fp8_eligible) else 0)
+    scaled = policy.stores_scale(param_info(spec).fp8_eligible)
+    out["weights"] = n * dtypes["weights"].itemsize + (SCALE_BYTES if scaled else 0)
     # the gradient buffer's FP8 views carry scale_inv and amax but no storage-level scale (8 bytes in all)
     out["grads"] = n * dtypes["grads"].itemsize + (2 * SCALE_BYTES if is_fp8(dtypes["grads"]) else 0)
     return out
