@@ -14,6 +14,7 @@ import torch
 from results_io import save_results
 from megatron_fp8.config import Config, ModelConfig, PrecisionConfig, TrainingConfig
 from megatron_fp8.fp8.tensor import Fp8Tensor
+from megatron_fp8.layers.weights import param_info
 from megatron_fp8.memory import plan_memory
 from megatron_fp8.training import Trainer
 
@@ -34,7 +35,7 @@ def measure(level: str, a) -> dict:
     batch = {"tokens": tokens, "labels": tokens, "loss_mask": torch.ones(tokens.shape),
              "position_ids": torch.arange(a.seq).expand_as(tokens)}
     trainer.train_step([batch], 1e-4)
-    eligible = [(n, p) for n, p in trainer.model.named_parameters() if p.fp8_eligible]
+    eligible = [(n, p) for n, p in trainer.model.named_parameters() if param_info(p).fp8_eligible]
     state_bytes = 0
     for name, p in eligible:
         grad = p.main_grad.data if isinstance(p.main_grad, Fp8Tensor) else p.main_grad

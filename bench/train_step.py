@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from results_io import save_results
 from megatron_fp8.config import Config, ModelConfig, PrecisionConfig, TrainingConfig
+from megatron_fp8.layers.weights import param_info
 from megatron_fp8.training import Trainer
 
 LEVELS = ["off", "gemm", "O1", "O2", "O3"]
@@ -82,7 +83,7 @@ def bench_level(a, level, tokens, labels):
              "position_ids": torch.arange(a.seq).expand_as(tokens)}
     sec = time_steps(lambda: trainer.train_step([batch], 1e-4), a.steps)
     mem = trainer.memory()
-    eligible = [(n, p) for n, p in trainer.model.named_parameters() if p.fp8_eligible]
+    eligible = [(n, p) for n, p in trainer.model.named_parameters() if param_info(p).fp8_eligible]
     n_all, n_elig = sum(p.numel() for p in trainer.params), sum(p.numel() for _, p in eligible)
     measured = sum(_nbytes(p) + _nbytes(p.main_grad.data if hasattr(p.main_grad, "scale_inv") else p.main_grad)
                    + sum(_nbytes(t) for t in trainer.optimizer.state[n].tensors().values() if t.dim())

@@ -16,7 +16,7 @@ import os
 from .checkpoint.tracker import iteration_dir
 from .checkpoint.distributed import METADATA, read_metadata
 from .checkpoint.state import MODEL_FIELDS, PRECISION_FIELDS, config_summary
-from .checkpoint.universal import assign_model, read_universal, store_masters
+from .checkpoint.universal import assign_model, read_universal
 
 
 def _check_model(saved: dict, config, source: str) -> None:
@@ -45,9 +45,8 @@ def finetune_from(trainer, root: str) -> int:
     universal = read_universal(root)
     directory = iteration_dir(root, universal["iteration"])
     _check_model(universal["config"]["model"], trainer.config, os.path.join(directory, METADATA))
-    values = assign_model(trainer.model, universal, trainer.config, trainer.pstate)
-    trainer.build_optimizer()  # fresh moments and step; masters from the values just stored ...
-    store_masters(getattr(trainer.optimizer, "inner", trainer.optimizer), values)  # ... at their full precision
+    assign_model(trainer.model, universal, trainer.config, trainer.pstate)
+    trainer.build_optimizer()  # fresh moments and step; masters from the full-precision values just assigned
     return universal["iteration"]
 
 

@@ -14,6 +14,7 @@ import torch
 
 from .config import ModelConfig
 from .fp8.gemm import FALLBACKS as GEMM_FALLBACKS
+from .layers.weights import param_info
 from .stats_collector import log_line_part, tensorboard_scalars
 
 MB = 1024 * 1024
@@ -25,7 +26,7 @@ def _nbytes(t: torch.Tensor) -> int:
 
 def weight_bytes(params) -> int:
     """Parameter storage plus the scale each FP16/FP8 weight carries."""
-    return sum(_nbytes(p) + (4 if getattr(p, "scale_inv", None) is not None else 0) for p in params)
+    return sum(_nbytes(p) + (4 if param_info(p).scale_inv is not None else 0) for p in params)
 
 
 def fp8_weight_cache_bytes(model: torch.nn.Module) -> int:
@@ -34,8 +35,8 @@ def fp8_weight_cache_bytes(model: torch.nn.Module) -> int:
     own = set()
     for p in model.parameters():
         own.add(p.untyped_storage().data_ptr())
-        if getattr(p, "scale_inv", None) is not None:
-            own.add(p.scale_inv.untyped_storage().data_ptr())
+        if param_info(p).scale_inv is not None:
+            own.add(param_info(p).scale_inv.untyped_storage().data_ptr())
     seen: dict[int, int] = {}
     for module in model.modules():
         state = getattr(module, "fp8_state", None)

@@ -24,6 +24,7 @@ from .divergence import DivergenceGuard
 from .exit_conditions import ExitConditions
 from .finetune import load_checkpoint
 from .layers.embedding import padded_vocab_size
+from .layers.weights import param_info, seed_master_from_storage
 from .metrics import (ActivationMeter, MetricsLogger, fp8_weight_cache_bytes, model_flops_per_iteration,
                       weight_bytes)
 from .model import GPTModel
@@ -99,7 +100,8 @@ class Trainer:
         self._writer: CheckpointWriter | None = None
 
     def build_optimizer(self) -> None:
-        """A fresh optimizer whose master copies (where the level keeps them) start from the current weights."""
+        """A fresh optimizer whose master copies (where the level keeps them) start from the full-precision
+        values the weights were last given (initialisation, fine-tuning's load), not from their storage."""
         t, margin = self.config.training, self.config.precision.recipe.margin
         settings = AdamWSettings(t.adam_beta1, t.adam_beta2, t.adam_eps, t.weight_decay, margin)
         named = list(self.model.named_parameters())
@@ -259,7 +261,9 @@ class Trainer:
         load_model_state(self.model, model, root)
         if optim is not None:
             self.optimizer.load_state_dict(optim)
-        else:
+        else:  # the optimizer file is not read: the masters start from the weights just loaded
+            for p in self.model.parameters():
+                seed_master_from_storage(p)
             self.build_optimizer()
         saved = metadata["progress"]
         progress = {k: v for k, v in saved.items() if k not in ("scheduler", "loss_scaler")}
@@ -294,7 +298,7 @@ def print_startup(trainer: Trainer, printer) -> None:
     for note in cfg.startup_notes:
         printer(f" > {note}")
     total = sum(p.numel() for p in trainer.params)
-    eligible = sum(p.numel() for p in trainer.params if p.fp8_eligible)
+    eligible = sum(p.numel() for p in trainer.params if param_info(p).fp8_eligible)
     printer(f" > number of parameters: {total} ({eligible} FP8-eligible in linear layers)")
     printer(f" > precision: --fp8-level {cfg.precision.fp8_level} | compute {policy.compute} | weight "
             f"{policy.weight} | grad {policy.grad} | master {policy.master or 'weight'} | exp_avg {policy.exp_avg} | "

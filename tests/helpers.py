@@ -14,11 +14,12 @@ SEQ = 32
 
 
 class PatternDataset:
-    """Sequences ``a, a+d, a+2d, ... (mod VOCAB)``: next tokens are predictable from context, so loss falls."""
+    """Sequences ``a, a+d, a+2d, ... (mod VOCAB)``: next tokens are predictable from context, so loss falls.
+    ``max_step=1`` gives counting sequences (``d = 1``, as --mock-data), learnt in the first few steps."""
 
-    def __init__(self, n: int = 4096, seed: int = 0, seq: int = SEQ):
+    def __init__(self, n: int = 4096, seed: int = 0, seq: int = SEQ, max_step: int = 6):
         rng = np.random.RandomState(seed)
-        self.starts, self.steps = rng.randint(0, VOCAB, n), rng.randint(1, 7, n)
+        self.starts, self.steps = rng.randint(0, VOCAB, n), rng.randint(1, max_step + 1, n)
         self.seq = seq
 
     def __len__(self):
@@ -99,3 +100,19 @@ class PackedPatternDataset:
         same = documents[1:] == documents[:-1]
         return {"tokens": tokens[:-1], "labels": tokens[1:], "loss_mask": (targets[1:] & same).astype(np.float32),
                 "position_ids": positions[:-1], "document_ids": documents[:-1]}
+
+
+class _RefuseEveryShape(dict):
+    def get(self, key, default=None):
+        return "refused on purpose by tests.helpers.dequantized_gemms"
+
+
+def dequantized_gemms(monkeypatch) -> None:
+    """Run the FP8 GEMMs through megatron_fp8.fp8.gemm's dequantize+matmul route for one test: the same
+    FP8 operands and scales, exact products, float32 sums in another order. CPU ``torch._scaled_mm`` runs
+    at ~90 ns per multiply-add on this machine, more than a test of several training steps can afford;
+    tests/fp8 test the ``_scaled_mm`` route itself. The fallback counts of this test are its own."""
+    from megatron_fp8.fp8 import gemm
+
+    monkeypatch.setattr(gemm, "_refused", _RefuseEveryShape())
+    monkeypatch.setattr(gemm, "FALLBACKS", gemm.GemmFallbacks())

@@ -67,9 +67,9 @@ def import_hf(src: str, save: str, tp: int = 1, pp: int = 1, dp: int = 1, distri
     os.makedirs(save, exist_ok=True)
     section = hf_tokenizer.copy_import_files(src, save, with_tokenizer)
     config.data = SimpleNamespace(**section) if section else None  # recorded in the checkpoint's config
+    # no optimizer state: write_layout seeds every master (where a level keeps one) from the exact values
     universal = {"config": config_summary(config), "progress": dict(PROGRESS), "iteration": 0, "params": params,
-                 # the master copy (where a level keeps one) starts from the exact float32 value
-                 "optim": {name: {"master": t} for name, t in params.items()}, "step": 0, "fp8": {}}
+                 "optim": {}, "step": 0, "fp8": {}}
     with SaveDirLock(save):
         out = write_layout(universal, config, tp, pp, dp, save, distributed_optimizer)
     log(f" > imported {arch.ARCHITECTURE} from {src}: {model.num_layers} layers, hidden {model.hidden_size}, "

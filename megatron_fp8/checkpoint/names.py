@@ -30,10 +30,6 @@ def global_name(local: str, pstate: ParallelState, num_layers: int, tied: bool) 
     return local
 
 
-def split_dim(param) -> int | None:
-    return getattr(param, "partition_dim", None)
-
-
 def unshard(shards: list[torch.Tensor], dim: int | None, stacked: int = 1) -> torch.Tensor:
     """Full tensor from TP shards in rank order (each shard holds a slice of every stacked block)."""
     if dim is None or len(shards) == 1:

@@ -14,8 +14,9 @@ import torch
 
 from ..config import Config, ModelConfig, ParallelConfig, PrecisionConfig
 from ..fp8.scaling import Fp8Recipe
+from ..layers.weights import param_info
 from ..parallel.state import ParallelState
-from .names import global_name, split_dim
+from .names import global_name
 
 FORMAT = "megatron_fp8/v1"
 # Fields that must agree between a checkpoint and the model that loads it.
@@ -34,11 +35,12 @@ def model_state(model: torch.nn.Module, pstate: ParallelState, config: Config) -
     state, layout = {}, {}
     tied = not config.model.untie_embeddings_and_output_weights
     for name, p in model.named_parameters():
+        info = param_info(p)
         state[name] = p.detach().clone()
-        if getattr(p, "scale_inv", None) is not None:
-            state[f"{name}:scale_inv"] = p.scale_inv.clone()
-        layout[name] = {"global": global_name(name, pstate, config.model.num_layers, tied), "dim": split_dim(p),
-                        "stacked": getattr(p, "tp_stacked", 1), "fp8_eligible": p.fp8_eligible}
+        if info.scale_inv is not None:
+            state[f"{name}:scale_inv"] = info.scale_inv.clone()
+        layout[name] = {"global": global_name(name, pstate, config.model.num_layers, tied),
+                        "dim": info.partition_dim, "stacked": info.tp_stacked, "fp8_eligible": info.fp8_eligible}
     fp8 = {name: mod.fp8_state.state_dict() for name, mod in model.named_modules()
            if getattr(mod, "fp8_state", None) is not None}
     return {"params": state, "fp8": fp8, "layout": layout}
@@ -55,8 +57,9 @@ def load_model_state(model: torch.nn.Module, state: dict, source: str) -> None:
                              f"the model expects {p.dtype} {tuple(p.shape)}")
         with torch.no_grad():
             p.copy_(saved)
-        if getattr(p, "scale_inv", None) is not None:
-            p.scale_inv.copy_(params[f"{name}:scale_inv"])
+        scale_inv = param_info(p).scale_inv
+        if scale_inv is not None:
+            scale_inv.copy_(params[f"{name}:scale_inv"])
     for name, mod in model.named_modules():
         if getattr(mod, "fp8_state", None) is not None:
             mod.fp8_state.load_state_dict(state["fp8"][name])

@@ -12,9 +12,9 @@ import torch
 
 from ..config import Config
 from ..fp8.reference import load as load_stored
-from ..fp8.tensor import Fp8Tensor
 from ..fsutil import remove_quietly
 from ..layers.embedding import padded_vocab_size
+from ..layers.weights import assign_value, param_info, stored_copy
 from ..model import GPTModel
 from ..optim.adamw import AdamWSettings, Fp8AdamW
 from ..optim.ownership import assign_param_owners
@@ -27,6 +27,7 @@ from .tracker import iteration_dir, publish, staging_dir
 
 VOCAB_ROWS = ("embedding.word_embeddings.weight", "output_layer.weight")
 STATE_KEYS = ("master", "exp_avg", "exp_avg_sq")
+MOMENTS = ("exp_avg", "exp_avg_sq")  # the master is seeded by assign_value in assign_model
 
 
 def _real(stored: dict, key: str) -> torch.Tensor | None:
@@ -60,9 +61,7 @@ def read_universal(root: str) -> dict:
                 if name is None:
                     continue
                 entry = pieces.setdefault(name, {"dim": info["dim"], "stacked": info["stacked"]})
-                value = model["params"][local].float()
-                if f"{local}:scale_inv" in model["params"]:
-                    value = value * model["params"][f"{local}:scale_inv"]
+                value = load_stored(model["params"][local], model["params"].get(f"{local}:scale_inv"))
                 entry.setdefault("param", {})[tp_rank] = value
                 for key in STATE_KEYS:
                     real = _real(optim_params.get(local, {}), key)
@@ -86,25 +85,11 @@ def _stage(layout: dict, pp_rank: int) -> ParallelState:
     return ParallelState(tp_size=layout["tp"], pp_size=layout["pp"], pp_rank=pp_rank)
 
 
-def _assign(param: torch.nn.Parameter, values: torch.Tensor) -> None:
-    """Store real ``values`` into a parameter in its own storage dtype (fresh scale when it has one; plain
-    FP16 compute-dtype storage under --fp16 has none)."""
-    with torch.no_grad():
-        if getattr(param, "scale_inv", None) is not None:
-            q = Fp8Tensor.quantize_current(values, param.dtype)
-            param.copy_(q.data)
-            param.scale_inv.copy_(q.scale_inv)
-        else:
-            param.copy_(values.to(param.dtype))
-
-
 def _store_state(stored: torch.Tensor, sinv: torch.Tensor | None, values: torch.Tensor) -> None:
+    data, scale_inv = stored_copy(values, stored.dtype)
+    stored.copy_(data)
     if sinv is not None:
-        q = Fp8Tensor.quantize_current(values, stored.dtype)
-        stored.copy_(q.data)
-        sinv.copy_(q.scale_inv)
-    else:
-        stored.copy_(values.to(stored.dtype))
+        sinv.copy_(scale_inv)
 
 
 def _full_value(universal: dict, name: str, rows: int, key: str | None = None) -> torch.Tensor | None:
@@ -190,17 +175,18 @@ def local_values(universal: dict, config: Config, pstate: ParallelState, named) 
         name = global_name(local, pstate, m.num_layers, tied) or "embedding.word_embeddings.weight"
         full = _full_value(universal, name, m.vocab_size, "master")
         full = full if full is not None else _full_value(universal, name, m.vocab_size)
-        out[local] = shard(full, getattr(p, "partition_dim", None), pstate.tp_rank, pstate.tp_size,
-                           getattr(p, "tp_stacked", 1))
+        info = param_info(p)
+        out[local] = shard(full, info.partition_dim, pstate.tp_rank, pstate.tp_size, info.tp_stacked)
     return out
 
 
-def assign_model(model: GPTModel, universal: dict, config: Config, pstate: ParallelState) -> dict:
+def assign_model(model: GPTModel, universal: dict, config: Config, pstate: ParallelState) -> None:
     """Store the universal form's weights (requantized into this level's storage) and FP8 scaling state in
-    ``model``, a stage of ``pstate``'s layout; returns the float32 values it stored, by local name."""
+    ``model``, a stage of ``pstate``'s layout. The float32 values assigned also seed the masters of the
+    optimizer built next, where this level keeps one (an `off` FP32 weight seeds O3's FP16 master)."""
     values = local_values(universal, config, pstate, list(model.named_parameters()))
     for local, p in model.named_parameters():
-        _assign(p, values[local])
+        assign_value(p, values[local])
     for module, mod in model.named_modules():
         saved = universal["fp8"].get(_global_module(module, pstate, config.model.num_layers))
         if getattr(mod, "fp8_state", None) is not None and saved is not None:
@@ -208,14 +194,6 @@ def assign_model(model: GPTModel, universal: dict, config: Config, pstate: Paral
                 mod.fp8_state.load_state_dict(saved)
             except ValueError:  # another --fp8-amax-history-len: start the history afresh
                 pass
-    return values
-
-
-def store_masters(optimizer: Fp8AdamW, values: dict[str, torch.Tensor]) -> None:
-    """Overwrite the separate master copies of ``optimizer`` (O3, --bf16) with precise ``values``."""
-    for local, st in optimizer.state.items():
-        if st.master is not None:
-            _store_state(st.master, st.master_sinv, values[local])
 
 
 def _global_module(module: str, pstate: ParallelState, num_layers: int) -> str:
@@ -230,11 +208,11 @@ def _optimizer_for(universal, config, owned, pstate, num_layers, tied) -> Fp8Ada
     for local, p in owned:
         name = global_name(local, pstate, num_layers, tied) or "embedding.word_embeddings.weight"
         st = opt.state[local]
-        dim, stacked = getattr(p, "partition_dim", None), getattr(p, "tp_stacked", 1)
-        for key in STATE_KEYS:
+        dim, stacked = param_info(p).partition_dim, param_info(p).tp_stacked
+        for key in MOMENTS:
             stored = getattr(st, key)
             full = _full_value(universal, name, config.model.vocab_size, key)
-            if stored is None or full is None:
-                continue  # no separate master here (the weight is the master), or none saved
+            if full is None:
+                continue  # none saved (an HF import): the moments start at zero
             _store_state(stored, getattr(st, f"{key}_sinv"), shard(full, dim, pstate.tp_rank, pstate.tp_size, stacked))
     return opt

@@ -56,14 +56,14 @@ class Fp8LinearState:
         self.stats_name = layer
         self.input_quantizer.stats_name, self.grad_quantizer.stats_name = f"{layer}.input", f"{layer}.grad_output"
 
-    def weight_operands(self, weight: torch.Tensor):
+    def weight_operands(self, weight: torch.Tensor, scale_inv: torch.Tensor | None):
         key = (weight.data_ptr(), weight._version)
         if key != self._weight_key:
-            self._weight = weight_operands(weight, getattr(weight, "scale_inv", None), E4M3,
+            self._weight = weight_operands(weight, scale_inv, E4M3,
                                            self.recipe.recipe == "blockwise", self.recipe.margin)
             self._weight_key = key
             if RECORDER.active and self.stats_name and weight.dtype != E4M3:  # O3: the optimizer cast it
-                stats_points.weight_operand(self.stats_name, weight, self._weight[0])
+                stats_points.weight_operand(self.stats_name, weight, scale_inv, self._weight[0])
         return self._weight
 
     def quantize_input(self, x2d: torch.Tensor, need_transpose: bool):
@@ -110,10 +110,10 @@ def accumulate_weight_grad(weight: torch.Tensor, wgrad: torch.Tensor, margin: in
 
 class _Fp8LinearFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, state: Fp8LinearState):
+    def forward(ctx, x, weight, bias, state: Fp8LinearState, weight_scale_inv):
         in_features = x.shape[-1]
         x2d = x.reshape(-1, in_features)
-        w, w_t = state.weight_operands(weight)
+        w, w_t = state.weight_operands(weight, weight_scale_inv)
         need_wgrad = ctx.needs_input_grad[1]  # False under no_grad / for frozen weights
         xq, xq_t = state.quantize_input(x2d, need_wgrad)
         out = _gemm(xq, w, x.dtype)
@@ -144,7 +144,7 @@ class _Fp8LinearFunction(torch.autograd.Function):
             dw = accumulate_weight_grad(weight, _gemm(gq_t, _saved_operand(ctx), torch.float32), state.recipe.margin)
         db = g2d.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         ctx.w_t = None
-        return dx, dw, db, None
+        return dx, dw, db, None, None
 
 
 def _saved_operand(ctx):
@@ -153,9 +153,11 @@ def _saved_operand(ctx):
     return kind(data, scale_inv, block) if kind is BlockwiseFp8Tensor else kind(data, scale_inv)
 
 
-def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, state: Fp8LinearState):
-    """Functional FP8 linear (see module docstring); ``state`` carries the layer's scaling state."""
-    return _Fp8LinearFunction.apply(x, weight, bias, state)
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, state: Fp8LinearState,
+               weight_scale_inv: torch.Tensor | None = None):
+    """Functional FP8 linear (see module docstring); ``state`` carries the layer's scaling state and
+    ``weight_scale_inv`` the storage scale of an FP16/FP8 weight (None for a plain float weight)."""
+    return _Fp8LinearFunction.apply(x, weight, bias, state, weight_scale_inv)
 
 
 class Fp8Linear(nn.Module):

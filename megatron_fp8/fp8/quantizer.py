@@ -13,6 +13,7 @@ from . import kernels, replay
 from .blockwise import BLOCK_128x128, TILE_1x128, BlockwiseFp8Tensor
 from .formats import dtype_max, is_scaled
 from .reference import amax as tensor_amax
+from .reference import load as load_stored
 from .scaling import Fp8Recipe, ScalingMeta, compute_scale_tensor, keep_overflow_visible
 from .stats import RECORDER
 from .tensor import Fp8Tensor
@@ -100,7 +101,7 @@ def weight_operands(weight: torch.Tensor, scale_inv: torch.Tensor | None, dtype:
     FP8 + ``scale_inv`` (O3), in which case only the transpose is made.
     """
     if blockwise:
-        w = BlockwiseFp8Tensor.quantize(_real(weight, scale_inv), BLOCK_128x128, dtype, margin)
+        w = BlockwiseFp8Tensor.quantize(load_stored(weight, scale_inv), BLOCK_128x128, dtype, margin)
         return w, BlockwiseFp8Tensor(w.data.t().contiguous(), w.scale_inv.t().contiguous(), BLOCK_128x128)
     if weight.dtype == dtype:
         w = Fp8Tensor(weight, scale_inv)
@@ -114,8 +115,3 @@ def weight_operands(weight: torch.Tensor, scale_inv: torch.Tensor | None, dtype:
     scale_inv_w = 1.0 / scale
     return Fp8Tensor(data, scale_inv_w, real_amax), Fp8Tensor(data_t, scale_inv_w)
 
-
-def _real(weight: torch.Tensor, scale_inv: torch.Tensor | None) -> torch.Tensor:
-    """The real (unscaled) float32 values of a possibly scaled weight."""
-    values = weight.float()
-    return values * scale_inv if (scale_inv is not None and is_scaled(weight.dtype)) else values

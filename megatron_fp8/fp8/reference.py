@@ -45,9 +45,9 @@ def store(values: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torc
 
 
 def load(stored: torch.Tensor, scale_inv) -> torch.Tensor:
-    """Read storage back as float32 values (exact: scale_inv is a power of two)."""
+    """Read storage back as float32 values (exact: scale_inv is a power of two; None means unscaled)."""
     values = stored.float()
-    return values * scale_inv if is_scaled(stored.dtype) else values
+    return values * scale_inv if scale_inv is not None and is_scaled(stored.dtype) else values
 
 
 def scale_cast_amax(x: torch.Tensor, scale: torch.Tensor, out_dtype: torch.dtype):

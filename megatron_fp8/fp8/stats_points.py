@@ -22,10 +22,11 @@ def _fresh_scale(values: torch.Tensor, dtype: torch.dtype, margin: int, scale_in
     return compute_scale_tensor(amax(values), dtype_max(dtype), margin, 1.0 / scale_inv)
 
 
-def weight_operand(layer: str, weight: torch.Tensor, operand: "Fp8Tensor | BlockwiseFp8Tensor") -> None:
-    """``<layer>.weight``: the cast of the real weight values into the FP8 GEMM operand (tensorwise, or
-    128x128 blocks with one scale each)."""
-    real = _real(weight, getattr(weight, "scale_inv", None))
+def weight_operand(layer: str, weight: torch.Tensor, storage_scale_inv: torch.Tensor | None,
+                   operand: "Fp8Tensor | BlockwiseFp8Tensor") -> None:
+    """``<layer>.weight``: the cast of the real weight values (``weight`` with its storage scale, None for
+    plain float storage) into the FP8 GEMM operand (tensorwise, or 128x128 blocks with one scale each)."""
+    real = _real(weight, storage_scale_inv)
     scale_inv = operand.element_scale_inv() if isinstance(operand, BlockwiseFp8Tensor) else operand.scale_inv
     RECORDER.record(f"{layer}.weight", real, 1.0 / scale_inv, operand.dtype)
 

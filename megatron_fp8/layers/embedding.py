@@ -20,12 +20,13 @@ class VocabParallelEmbedding(nn.Module):
     """Embedding table split along the vocabulary across TP ranks ([V/tp, h] per rank)."""
 
     def __init__(self, vocab_size: int, hidden_size: int, config: Config, pstate: ParallelState, name: str,
-                 device=None):
+                 device=None, shared_embedding: bool = False):
         super().__init__()
         self.vocab_size, self.pstate = vocab_size, pstate
         full = init_normal((vocab_size, hidden_size), config.model.init_method_std, config.training.seed, name)
         self.weight = make_parameter(full, policy=config.precision.policy, fp8_eligible=False, device=device,
-                                     partition_dim=0, tp_rank=pstate.tp_rank, tp_size=pstate.tp_size)
+                                     partition_dim=0, tp_rank=pstate.tp_rank, tp_size=pstate.tp_size,
+                                     shared_embedding=shared_embedding, embedding_or_output=True)
         self.vocab_start = pstate.tp_rank * (vocab_size // pstate.tp_size)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:

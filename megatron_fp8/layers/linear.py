@@ -16,7 +16,7 @@ from ..fp8.linear import Fp8LinearState, fp8_linear
 from ..parallel import mappings
 from ..parallel.fp8_comm import TPSequenceOps, tp_amax_reducer
 from ..parallel.state import ParallelState
-from .weights import init_normal, make_parameter
+from .weights import init_normal, make_parameter, param_info
 
 
 class _ParallelLinear(nn.Module):
@@ -30,22 +30,22 @@ class _ParallelLinear(nn.Module):
         std = config.model.init_method_std if init_std is None else init_std
         full = init_normal((out_features, in_features), std, config.training.seed, f"{name}.weight")
         full = _interleave_for_tp(full, stacked, tp) if self.partition_dim == 0 else full
+        # shards hold a slice of every stacked block (see _interleave_for_tp)
         self.weight = make_parameter(full, policy=policy, fp8_eligible=True, device=device,
-                                     partition_dim=self.partition_dim, tp_rank=pstate.tp_rank, tp_size=tp)
+                                     partition_dim=self.partition_dim, tp_rank=pstate.tp_rank, tp_size=tp,
+                                     stacked=stacked)
+        self.pstate = pstate
+        self.sequence_parallel = config.parallel.sequence_parallel and tp > 1
         self.bias = None
         if bias:
             bias_dim = 0 if self.partition_dim == 0 else None
             full_bias = torch.zeros(out_features)
             full_bias = _interleave_for_tp(full_bias, stacked, tp) if self.partition_dim == 0 else full_bias
+            # a row-parallel bias is added on sequence shards: its gradients are partial
             self.bias = make_parameter(full_bias, policy=policy, fp8_eligible=False,
                                        device=device, partition_dim=bias_dim, tp_rank=pstate.tp_rank,
-                                       tp_size=tp, no_weight_decay=True)
-        for p in self.parameters():  # shards hold a slice of every stacked block (see _interleave_for_tp)
-            p.tp_stacked = stacked if getattr(p, "partition_dim", None) == 0 else 1
-        self.pstate = pstate
-        self.sequence_parallel = config.parallel.sequence_parallel and tp > 1
-        if self.bias is not None and self.partition_dim == 1:
-            self.bias.sequence_parallel = self.sequence_parallel  # added on sequence shards: grads are partial
+                                       tp_size=tp, stacked=stacked, no_weight_decay=True,
+                                       sequence_parallel=self.sequence_parallel and self.partition_dim == 1)
         gathers_input = self.sequence_parallel and self.partition_dim == 0
         self.fp8_state = Fp8LinearState(config.precision.recipe, device, tp_amax_reducer(pstate),
                                         TPSequenceOps(pstate) if gathers_input else None) \
@@ -53,7 +53,7 @@ class _ParallelLinear(nn.Module):
 
     def _matmul(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.fp8_state is not None:
-            return fp8_linear(x, self.weight, bias, self.fp8_state)
+            return fp8_linear(x, self.weight, bias, self.fp8_state, param_info(self.weight).scale_inv)
         return F.linear(x, self.weight, bias)
 
 
@@ -99,7 +99,7 @@ def _interleave_for_tp(full: torch.Tensor, stacked: int, tp: int) -> torch.Tenso
     A weight made of ``stacked`` blocks (e.g. SwiGLU's gate and up projections) must be split block by
     block: rank r holds ``[gate_r; up_r]``. Initialising the full blocks first keeps every layout equal.
     The bias of such a layer is reordered the same way, so that its shard lines up with the weight's rows.
-    Parameters record ``tp_stacked`` so shards can be put back together (tests, checkpoint conversion).
+    Parameters record ``tp_stacked`` (their ParamInfo) so shards can be put back together (tests, checkpoint conversion).
     """
     if stacked == 1 or tp == 1:
         return full

@@ -19,12 +19,11 @@ class Norm(nn.Module):
         self.kind, self.eps = config.model.normalization, config.model.layernorm_epsilon
         self.zero_centered = config.model.apply_layernorm_1p
         initial = torch.zeros(hidden_size) if self.zero_centered else torch.ones(hidden_size)
-        self.weight = make_parameter(initial, policy=policy, fp8_eligible=False, device=device,
-                                     no_weight_decay=True)
-        self.bias = make_parameter(torch.zeros(hidden_size), policy=policy, fp8_eligible=False, device=device,
-                                   no_weight_decay=True) if self.kind == "LayerNorm" else None
-        for p in self.parameters():  # on sequence shards each TP rank sees part of the gradient
-            p.sequence_parallel = sequence_parallel
+        # on sequence shards each TP rank sees part of the gradient
+        kwargs = dict(policy=policy, fp8_eligible=False, device=device, no_weight_decay=True,
+                      sequence_parallel=sequence_parallel)
+        self.weight = make_parameter(initial, **kwargs)
+        self.bias = make_parameter(torch.zeros(hidden_size), **kwargs) if self.kind == "LayerNorm" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = (x.shape[-1],)

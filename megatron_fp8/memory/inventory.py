@@ -6,19 +6,20 @@ stage ``num_layers / pp`` layers, the first stage the embeddings, the last the f
 (a copy of the tied embedding when the first and last stages differ).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from math import prod
 
 from ..config import Config
+from ..layers.weights import ParamInfo
 
 
 @dataclass(frozen=True, eq=False)
 class ParamSpec:
-    """Duck-types the few ``nn.Parameter`` attributes the ownership rule reads (``numel``, ``fp8_eligible``)."""
+    """Duck-types what the ownership rule reads of an ``nn.Parameter`` (``numel`` and its ParamInfo)."""
 
     name: str
     shape: tuple[int, ...]
-    fp8_eligible: bool = False
+    info: ParamInfo = field(default_factory=ParamInfo)
 
     def numel(self) -> int:
         return prod(self.shape)
@@ -35,7 +36,7 @@ def _layer(config: Config, index: int, tp: int) -> list[ParamSpec]:
         return out + ([ParamSpec(f"{prefix}.{name}.bias", (h,))] if m.normalization == "LayerNorm" else [])
 
     def linear(name, rows, cols, bias_rows, bias=m.add_bias_linear):
-        out = [ParamSpec(f"{prefix}.{name}.weight", (rows, cols), fp8_eligible=True)]
+        out = [ParamSpec(f"{prefix}.{name}.weight", (rows, cols), ParamInfo(fp8_eligible=True))]
         return out + ([ParamSpec(f"{prefix}.{name}.bias", (bias_rows,))] if bias else [])
 
     qkv, attn = m.qkv_size // tp, m.num_attention_heads * m.head_dim // tp  # GQA: fewer K/V rows

@@ -10,6 +10,7 @@ activations, the logits' gradient, communication buckets), the CUDA context and 
 from dataclasses import asdict, dataclass, field
 
 from ..config import Config
+from ..layers.weights import param_info
 from . import activations as act
 from .inventory import stage_params, total_params
 from .states import STATE_KEYS, fp8_scaling_state, fp8_weight_cache, model_states
@@ -115,7 +116,7 @@ def plan_memory(config: Config, world_size: int, device: str = "cuda", recompute
         for d in range(dp) if dp_rank is None else [dp_rank]:
             candidates.append(dict(
                 bytes={**ranks[d], **fixed}, pp_rank=r, dp_rank=d, in_flight=in_flight, **stage,
-                eligible_params=sum(q.numel() for q in params if q.fp8_eligible),
+                eligible_params=sum(q.numel() for q in params if param_info(q).fp8_eligible),
                 eligible_state_bytes=sum(eligible[d].values())))
         stage_totals.append(max(sum(c["bytes"].values()) for c in candidates if c["pp_rank"] == r))
     worst = max(candidates, key=lambda c: sum(c["bytes"].values()))

@@ -12,6 +12,7 @@ import torch
 from ..config import PrecisionPolicy
 from ..fp8.blockwise import BLOCK
 from ..fp8.formats import E4M3, is_fp8, is_scaled
+from ..layers.weights import master_dtype, param_info
 from ..optim.grad_buffer import grad_dtype
 from ..optim.ownership import assign_param_owners
 from .inventory import ParamSpec
@@ -29,11 +30,12 @@ def stored_bytes(numel: int, dtype: torch.dtype | None) -> int:
 
 def state_dtypes(spec: ParamSpec, policy: PrecisionPolicy) -> dict:
     """Storage dtype of each model state of one parameter (None: no separate master)."""
-    if spec.fp8_eligible:
-        weight, master, exp_avg, exp_avg_sq = policy.weight, policy.master, policy.exp_avg, policy.exp_avg_sq
+    eligible = param_info(spec).fp8_eligible
+    if eligible:
+        weight, exp_avg, exp_avg_sq = policy.weight, policy.exp_avg, policy.exp_avg_sq
     else:
         weight, exp_avg, exp_avg_sq = policy.compute, torch.float32, torch.float32
-        master = None if policy.compute == torch.float32 else torch.float32
+    master = master_dtype(policy, eligible)
     return {"weights": weight, "grads": grad_dtype(spec, policy), "master": master,
             "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
 
@@ -42,7 +44,8 @@ def _param_bytes(spec: ParamSpec, policy: PrecisionPolicy) -> dict:
     dtypes, n = state_dtypes(spec, policy), spec.numel()
     out = {k: stored_bytes(n, d) for k, d in dtypes.items()}
     # compute-dtype weights carry no scale, FP16 ones with --fp16 included (layers/weights.make_parameter)
-    out["weights"] = n * dtypes["weights"].itemsize + (SCALE_BYTES if policy.stores_scale(spec.fp8_eligible) else 0)
+    scaled = policy.stores_scale(param_info(spec).fp8_eligible)
+    out["weights"] = n * dtypes["weights"].itemsize + (SCALE_BYTES if scaled else 0)
     # the gradient buffer's FP8 views carry scale_inv and amax but no storage-level scale (8 bytes in all)
     out["grads"] = n * dtypes["grads"].itemsize + (2 * SCALE_BYTES if is_fp8(dtypes["grads"]) else 0)
     return out
@@ -60,7 +63,7 @@ def model_states(params: list[ParamSpec], policy: PrecisionPolicy, dp_size: int,
     replicated = dict.fromkeys(STATE_KEYS, 0)
     owned = [dict.fromkeys(STATE_KEYS, 0) for _ in range(dp_size)]
     for spec in params:
-        if eligible_only and not spec.fp8_eligible:
+        if eligible_only and not param_info(spec).fp8_eligible:
             continue
         for key, nbytes in _param_bytes(spec, policy).items():
             if key in ("weights", "grads") or not sharded:
@@ -81,7 +84,7 @@ def fp8_weight_cache(params: list[ParamSpec], policy: PrecisionPolicy, blockwise
         return 0
     total = 0
     for spec in params:
-        if not spec.fp8_eligible:
+        if not param_info(spec).fp8_eligible:
             continue
         n = spec.numel()
         if blockwise:
@@ -98,5 +101,5 @@ def fp8_scaling_state(params: list[ParamSpec], policy: PrecisionPolicy, history_
     """Per FP8 linear, the input and output-gradient ScalingMeta: scale, scale_inv, amax history, skip count."""
     if not policy.fp8_gemm:
         return 0
-    linears = sum(1 for spec in params if spec.fp8_eligible)
+    linears = sum(1 for spec in params if param_info(spec).fp8_eligible)
     return linears * 2 * (2 * SCALE_BYTES + history_len * 4 + 8)

@@ -34,8 +34,10 @@ class GPTModel(nn.Module):
         self.tied = not m.untie_embeddings_and_output_weights
         self.input_tensor = None
         if self.pre_process:
+            # a tied embedding split over pipeline stages is synced with the last stage's copy
             self.word_embeddings = VocabParallelEmbedding(m.vocab_size, m.hidden_size, config, pstate,
-                                                          "embedding.word_embeddings.weight", device)
+                                                          "embedding.word_embeddings.weight", device,
+                                                          shared_embedding=self.tied and pstate.pp_size > 1)
             self.position_embeddings = PositionEmbedding(m.max_position_embeddings, m.hidden_size, config,
                                                          "embedding.position_embeddings.weight", device) \
                 if m.position_embedding_type == "learned_absolute" else None
@@ -46,13 +48,8 @@ class GPTModel(nn.Module):
             full = init_normal((m.vocab_size, m.hidden_size), m.init_method_std, config.training.seed, name)
             self.output_weight = make_parameter(full, policy=config.precision.policy, fp8_eligible=False,
                                                 device=device, partition_dim=0, tp_rank=pstate.tp_rank,
-                                                tp_size=pstate.tp_size)
-            self.output_weight.shared_embedding = self.tied
-        if self.pre_process and self.tied and pstate.pp_size > 1:
-            self.word_embeddings.weight.shared_embedding = True  # synced with the last stage's copy
-        for holder, attr in ((self, "output_weight"), (getattr(self, "word_embeddings", None), "weight")):
-            if hasattr(holder, attr):  # they take --decoupled-lr (Megatron's marker)
-                getattr(holder, attr).is_embedding_or_output_parameter = True
+                                                tp_size=pstate.tp_size, shared_embedding=self.tied,
+                                                embedding_or_output=True)  # takes --decoupled-lr
         self.rope = None
         if m.position_embedding_type == "rope":
             cos, sin = rope_tables(m.seq_length, m.rotary_dim, m.rotary_base, device, config.precision.policy.compute,

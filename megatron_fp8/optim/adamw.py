@@ -16,7 +16,7 @@ from ..fp8 import kernels, stats_points
 from ..fp8.formats import is_scaled
 from ..fp8.stats import RECORDER
 from ..fp8.tensor import Fp8Tensor
-from ..layers.weights import real_value
+from ..layers.weights import master_dtype, param_info
 
 
 @dataclass
@@ -33,36 +33,37 @@ def _scaled_zeros(shape, dtype, device) -> tuple[torch.Tensor, torch.Tensor | No
     return torch.zeros(shape, dtype=dtype, device=device), sinv
 
 
-def _stored_copy(values: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if is_scaled(dtype):
-        q = Fp8Tensor.quantize_current(values, dtype)
-        return q.data, q.scale_inv
-    return values.to(dtype), None
-
-
 class ParamState:
-    """One parameter's optimizer state: separate master (or None), moments, and their scale_invs."""
+    """One parameter's optimizer state: separate master (or None), moments, and their scale_invs.
+
+    A separate master is the full-precision value the parameter was given, which the parameter's record
+    holds until now (never the parameter's own, coarser storage: issue 18).
+    """
 
     STATE_NAMES = ("master", "master_sinv", "exp_avg", "exp_avg_sinv", "exp_avg_sq", "exp_avg_sq_sinv")
 
-    def __init__(self, param: nn.Parameter, policy: PrecisionPolicy):
-        eligible = getattr(param, "fp8_eligible", False)
-        master_dtype = policy.master if eligible else (None if param.dtype == torch.float32 else torch.float32)
-        self.master, self.master_sinv = (_stored_copy(real_value(param), master_dtype)
-                                         if master_dtype is not None else (None, None))
+    def __init__(self, name: str, param: nn.Parameter, policy: PrecisionPolicy):
+        info = param_info(param)
+        eligible, dtype = info.fp8_eligible, master_dtype(policy, info.fp8_eligible)
+        self.master, self.master_sinv = None, None
+        if dtype is not None:
+            initial = info.take_initial_master()
+            if initial is None or initial[0].dtype != dtype:
+                raise RuntimeError(f"{name}: no full-precision initial value for its master copy (a second "
+                                   "optimizer over the same model, or a parameter not made by make_parameter)")
+            self.master, self.master_sinv = initial
         self.exp_avg, self.exp_avg_sinv = _scaled_zeros(param.shape, policy.exp_avg if eligible else torch.float32,
                                                         param.device)
         self.exp_avg_sq, self.exp_avg_sq_sinv = _scaled_zeros(
             param.shape, policy.exp_avg_sq if eligible else torch.float32, param.device)
         # plain FP16 storage (--fp16 compute) is no scaled kernel operand: the kernel updates the master
         # and the step copies it into the weight
-        self.copy_back = (self.master is not None and is_scaled(param.dtype)
-                          and getattr(param, "scale_inv", None) is None)
+        self.copy_back = self.master is not None and is_scaled(param.dtype) and info.scale_inv is None
 
     def kernel_tensors(self, param: nn.Parameter) -> kernels.AdamWTensors:
         grad = param.main_grad
         grad_data, grad_sinv = (grad.data, grad.scale_inv) if isinstance(grad, Fp8Tensor) else (grad, None)
-        weight, weight_sinv = param.detach(), getattr(param, "scale_inv", None)
+        weight, weight_sinv = param.detach(), param_info(param).scale_inv
         common = dict(grad=grad_data, grad_sinv=grad_sinv, exp_avg=self.exp_avg, exp_avg_sinv=self.exp_avg_sinv,
                       exp_avg_sq=self.exp_avg_sq, exp_avg_sq_sinv=self.exp_avg_sq_sinv)
         if self.master is None:
@@ -89,12 +90,12 @@ class ParamState:
 
 class Fp8AdamW:
     """AdamW with decoupled weight decay (skipped for parameters marked ``no_weight_decay``); parameters
-    marked ``is_embedding_or_output_parameter`` take ``decoupled_lr`` when one is given (--decoupled-lr)."""
+    marked ``embedding_or_output`` take ``decoupled_lr`` when one is given (--decoupled-lr)."""
 
     def __init__(self, named_params: list[tuple[str, nn.Parameter]], policy: PrecisionPolicy,
                  settings: AdamWSettings):
         self.named_params, self.settings = named_params, settings
-        self.state = {name: ParamState(p, policy) for name, p in named_params}
+        self.state = {name: ParamState(name, p, policy) for name, p in named_params}
         self.step_count = 0
 
     def step(self, lr: float, grad_scale: float = 1.0, decoupled_lr: float | None = None) -> None:
@@ -103,8 +104,9 @@ class Fp8AdamW:
         s = self.settings
         groups: dict[tuple[bool, bool], list] = {}
         for name, p in self.named_params:
-            decoupled = decoupled_lr is not None and getattr(p, "is_embedding_or_output_parameter", False)
-            groups.setdefault((not getattr(p, "no_weight_decay", False), decoupled), []).append((name, p))
+            info = param_info(p)
+            decoupled = decoupled_lr is not None and info.embedding_or_output
+            groups.setdefault((not info.no_weight_decay, decoupled), []).append((name, p))
         for (decays, decoupled), group in groups.items():
             decay = s.weight_decay if decays else 0.0
             hyper = kernels.AdamWHyper(lr=decoupled_lr if decoupled else lr, beta1=s.beta1, beta2=s.beta2,

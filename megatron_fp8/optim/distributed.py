@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from ..config import PrecisionPolicy
+from ..layers.weights import param_info
 from ..parallel import comm
 from ..parallel.state import ParallelState
 from .adamw import AdamWSettings, Fp8AdamW
@@ -25,6 +26,8 @@ class DistributedOptimizer:
         self.named_params, self.owners, self.pstate = named_params, owners, pstate
         self.owned = [(n, p) for n, p in named_params if owners[id(p)] == pstate.dp_rank]
         self.inner = Fp8AdamW(self.owned, policy, settings)
+        for _, p in named_params:  # another rank keeps the master of a tensor it owns: drop this copy
+            param_info(p).take_initial_master()
 
     @property
     def step_count(self) -> int:
@@ -45,7 +48,7 @@ class DistributedOptimizer:
             counts = [sum(p.numel() for p in ps) for ps in by_owner]
             mine = torch.cat([_bytes(p) for p in by_owner[me]]) if by_owner[me] else _bytes(params[0])[:0]
             received = comm.all_gather_v(mine, counts, self.pstate.dp_group, "dp-param")
-            scaled = [p for p in params if getattr(p, "scale_inv", None) is not None]
+            scaled = [p for p in params if param_info(p).scale_inv is not None]
             scale_index = {id(p): i for i, p in enumerate(scaled)}
             scales = self._gather_scales(scaled)
             offset = 0
@@ -54,14 +57,14 @@ class DistributedOptimizer:
                     if j != me:
                         _bytes(p).copy_(received[offset: offset + p.numel()])
                         if id(p) in scale_index:
-                            p.scale_inv.copy_(scales[j, scale_index[id(p)]])
+                            param_info(p).scale_inv.copy_(scales[j, scale_index[id(p)]])
                         torch.autograd.graph.increment_version(p)
                     offset += p.numel()
 
     def _gather_scales(self, scaled: list[nn.Parameter]) -> torch.Tensor | None:
         if not scaled:
             return None
-        local = torch.stack([p.scale_inv.reshape(()) for p in scaled])
+        local = torch.stack([param_info(p).scale_inv.reshape(()) for p in scaled])
         return comm.all_gather(local.unsqueeze(0), self.pstate.dp_group, "dp-param")
 
     def nbytes(self) -> dict:

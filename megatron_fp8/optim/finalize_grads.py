@@ -9,21 +9,24 @@ Data-parallel reduction happens in the gradient buffers' own buckets.
 
 import torch.nn as nn
 
+from ..layers.weights import param_info
 from ..parallel import comm
 from ..parallel.state import ParallelState
 
 
 def finalize_model_grads(params: list[nn.Parameter], pstate: ParallelState) -> None:
     for p in params:
-        if getattr(p, "sequence_parallel", False) and pstate.tp_size > 1:
+        info = param_info(p)
+        if info.sequence_parallel and pstate.tp_size > 1:
             comm.all_reduce(p.main_grad, pstate.tp_group, "tp")
-        if getattr(p, "shared_embedding", False) and pstate.embedding_group is not None:
+        if info.shared_embedding and pstate.embedding_group is not None:
             comm.all_reduce(p.main_grad, pstate.embedding_group, "embedding")
 
 
 def counts_in_norm(p: nn.Parameter, pstate: ParallelState) -> bool:
     """Count each distinct parameter once across TP and PP: replicas only on TP rank 0, and the tied
     embedding only on the first stage."""
-    if getattr(p, "shared_embedding", False) and not pstate.is_first_stage:
+    info = param_info(p)
+    if info.shared_embedding and not pstate.is_first_stage:
         return False
-    return getattr(p, "partition_dim", None) is not None or pstate.tp_rank == 0
+    return info.partition_dim is not None or pstate.tp_rank == 0

@@ -19,12 +19,13 @@ from ..config import PrecisionPolicy
 from ..fp8.formats import is_fp8
 from ..fp8.linear import accumulate_weight_grad
 from ..fp8.tensor import Fp8Tensor
+from ..layers.weights import param_info
 from ..parallel.state import ParallelState
 from .dp_reduce import BucketReduction
 
 
 def grad_dtype(param: nn.Parameter, policy: PrecisionPolicy) -> torch.dtype:
-    return policy.grad if getattr(param, "fp8_eligible", False) else torch.float32
+    return policy.grad if param_info(param).fp8_eligible else torch.float32
 
 
 class Bucket:
@@ -97,7 +98,7 @@ class GradBuffers:
     def _reduction(self, bucket: Bucket) -> BucketReduction:
         if bucket.reduction is None:
             grads = [p.main_grad for p in bucket.params]
-            eligible = getattr(bucket.params[0], "fp8_eligible", False)  # a bucket holds one grad dtype
+            eligible = param_info(bucket.params[0]).fp8_eligible  # a bucket holds one grad dtype
             wire = self.policy.grad_reduce if eligible else self.policy.other_grad_reduce
             owners = [self.owners[id(p)] for p in bucket.params]
             bucket.reduction = BucketReduction(grads, owners, self.pstate, wire, self.gather, self.margin)

@@ -5,6 +5,8 @@ distributed optimizer) its optimizer state live in one place. The greedy rule gi
 tensor to the least-loaded rank, which balances bytes to within one tensor.
 """
 
+from ..layers.weights import param_info
+
 
 def assign_owners(sizes: list[int], num_ranks: int) -> list[int]:
     """Owner rank of each tensor; deterministic (ties go to the lower index and the lower rank)."""
@@ -22,6 +24,6 @@ def assign_param_owners(params, num_ranks: int) -> dict[int, int]:
     balanced separately, so each rank holds its share of FP8 state as well as of bytes overall."""
     owners = {}
     for eligible in (True, False):
-        group = [p for p in params if getattr(p, "fp8_eligible", False) == eligible]
+        group = [p for p in params if param_info(p).fp8_eligible == eligible]
         owners.update(zip(map(id, group), assign_owners([p.numel() for p in group], num_ranks)))
     return owners

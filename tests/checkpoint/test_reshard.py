@@ -9,10 +9,13 @@ import os
 import sys
 
 import pytest
+import torch
 
+from megatron_fp8.fp8.tensor import Fp8Tensor
+from megatron_fp8.layers.weights import param_info
 from megatron_fp8.training import Trainer
 
-from ..helpers import PatternDataset, run_steps, tiny_config
+from ..helpers import PatternDataset, dequantized_gemms, run_steps, tiny_config
 from ..parallel.harness import spawn
 from .ckpt_workers import load_and_train, train_save_continue
 
@@ -64,6 +67,28 @@ def test_single_process_off_to_tp2_pp2_o3(tmp_path):
     iteration, losses = spawn(load_and_train, 4, "O3", 2, 2, False, str(tmp_path / "tp2pp2"), STEPS)[-1]
     assert iteration == STEPS
     close(losses, continued, "TP2xPP2 O3 from off")
+
+
+def test_off_to_o3_seeds_the_master_from_the_fp32_parameters(tmp_path, monkeypatch):
+    """Issue 18: the converted O3 master holds the `off` FP32 values (quantized to FP16 with current
+    scaling), not the FP8-rounded weight, and the O3 run continues where `off` left off."""
+    dequantized_gemms(monkeypatch)  # O3 steps on CPU _scaled_mm would take most of a minute
+    trainer = Trainer(tiny_config("off"))
+    data = PatternDataset()
+    run_steps(trainer, data, 1)
+    trainer.save(str(tmp_path / "off"))
+    values = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    continued = run_steps(trainer, data, 3)
+    convert(tmp_path / "off", tmp_path / "o3", 1, 1, level="O3")
+    o3 = Trainer(tiny_config("O3"))
+    assert o3.load(str(tmp_path / "o3"))
+    eligible = [(n, p) for n, p in o3.model.named_parameters() if param_info(p).fp8_eligible]
+    assert eligible
+    for name, p in eligible:
+        st, expected = o3.optimizer.state[name], Fp8Tensor.quantize_current(values[name], torch.float16)
+        assert torch.equal(st.master, expected.data) and torch.equal(st.master_sinv, expected.scale_inv), name
+        assert torch.equal(p.detach(), Fp8Tensor.quantize_current(values[name], p.dtype).data), name
+    close(run_steps(o3, data, 3), continued, "O3 converted from off")
 
 
 def test_converter_rejects_impossible_layout(tmp_path):

@@ -68,12 +68,12 @@ def test_bf16_compute_dtype():
 
 
 def make_scaled_weight(w, storage_dtype):
-    """The weight as the precision levels store it: FP16 + scale (O1/O2) or FP8 + scale (O3)."""
+    """The weight as the precision levels store it: FP16 + scale (O1/O2) or FP8 + scale (O3); returns
+    the parameter, its scale_inv and its real value."""
     q = Fp8Tensor.quantize_current(w, storage_dtype)
     param = torch.nn.Parameter(q.data, requires_grad=True)
-    param.scale_inv = q.scale_inv
     param.main_grad = Fp8Tensor.zeros(w.shape, E4M3)
-    return param, q.dequantize()
+    return param, q.scale_inv, q.dequantize()
 
 
 @pytest.mark.parametrize("storage", [torch.float16, E4M3])
@@ -81,18 +81,18 @@ def make_scaled_weight(w, storage_dtype):
 def test_scaled_weight_with_fp8_grad_accumulation(storage, recipe):
     """O1-O3: the weight lives in FP16/FP8 with a scale; wgrad accumulates in FP8 across micro-batches."""
     torch.manual_seed(2)
-    weight, w_real = make_scaled_weight(torch.randn(96, 256) * 0.05, storage)
+    weight, sinv, w_real = make_scaled_weight(torch.randn(96, 256) * 0.05, storage)
     state = Fp8LinearState(Fp8Recipe(recipe=recipe))
     micro_batches = [torch.randn(64, 256) for _ in range(4)]
     grads = [torch.randn(64, 96) for _ in range(4)]
     for x, g in zip(micro_batches, grads):
-        fp8_linear(x.requires_grad_(), weight, None, state).backward(g)
+        fp8_linear(x.requires_grad_(), weight, None, state, sinv).backward(g)
     assert weight.grad is None, "the gradient must go to main_grad only"
     expected = sum(g.t() @ x.detach() for x, g in zip(micro_batches, grads))
     # four FP8 wgrad GEMMs plus four requantizations of the running sum (2^-4 each, RMS ~0.02)
     assert rel(weight.main_grad.dequantize(), expected) < BWD_TOL
     assert weight.main_grad.data.dtype == E4M3 and torch.isfinite(weight.main_grad.amax)
-    assert rel(fp8_linear(micro_batches[0], weight, None, state), micro_batches[0] @ w_real.t()) < FWD_TOL
+    assert rel(fp8_linear(micro_batches[0], weight, None, state, sinv), micro_batches[0] @ w_real.t()) < FWD_TOL
 
 
 def test_fp32_main_grad_fused_accumulation():
@@ -106,9 +106,9 @@ def test_fp32_main_grad_fused_accumulation():
 
 
 def test_scaled_weight_without_main_grad_is_an_error():
-    weight, _ = make_scaled_weight(torch.randn(16, 32), E4M3)
+    weight, sinv, _ = make_scaled_weight(torch.randn(16, 32), E4M3)
     del weight.main_grad
-    y = fp8_linear(torch.randn(4, 32), weight, None, Fp8LinearState(Fp8Recipe(recipe="current")))
+    y = fp8_linear(torch.randn(4, 32), weight, None, Fp8LinearState(Fp8Recipe(recipe="current")), sinv)
     with pytest.raises(RuntimeError, match="main_grad"):
         y.sum().backward()
 

@@ -5,6 +5,7 @@ import sys
 
 import torch
 
+from megatron_fp8.layers.weights import param_info
 from megatron_fp8.training import Trainer
 
 from ..helpers import tiny_config
@@ -18,8 +19,8 @@ def main(root: str, level: str, out: str) -> None:
     if not trainer.load(root):
         raise SystemExit(f"no checkpoint under {root}")
     state = {"params": {n: p.detach().clone() for n, p in trainer.model.named_parameters()},
-             "scale_invs": {n: p.scale_inv.clone() for n, p in trainer.model.named_parameters()
-                            if getattr(p, "scale_inv", None) is not None},
+             "scale_invs": {n: param_info(p).scale_inv.clone() for n, p in trainer.model.named_parameters()
+                            if param_info(p).scale_inv is not None},
              "optim": trainer.optimizer.state_dict(), "iteration": trainer.progress.iteration}
     with trainer.pstate.rng.fork():  # the TP dropout stream restored from a GPU checkpoint still works here
         torch.rand(3)

@@ -2,6 +2,7 @@
 
 import torch
 
+from megatron_fp8.layers.weights import param_info, real_value
 from megatron_fp8.parallel import comm
 from megatron_fp8.parallel.groups import build_state
 from megatron_fp8.training import Trainer
@@ -39,11 +40,9 @@ def train(rank: int, world: int, runs: list[dict], steps: int) -> dict:
             hook.remove()
         results[run["name"]] = {
             "losses": losses, "comm": comm.COUNTER.take(), "optimizer_bytes": trainer.optimizer.nbytes(),
-            "eligible_numel": sum(p.numel() for p in trainer.params if p.fp8_eligible),
+            "eligible_numel": sum(p.numel() for p in trainer.params if param_info(p).fp8_eligible),
             "numel": sum(p.numel() for p in trainer.params),
             "skipped": trainer.progress.skipped_iterations,
-            "params": {n: p.detach().float().clone() * (p.scale_inv if getattr(p, "scale_inv", None) is not None
-                                                        else 1.0)
-                       for n, p in trainer.model.named_parameters()},
+            "params": {n: real_value(p).clone() for n, p in trainer.model.named_parameters()},
         }
     return results

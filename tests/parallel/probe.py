@@ -12,6 +12,7 @@ import torch
 
 from megatron_fp8 import batches
 from megatron_fp8.fp8.tensor import Fp8Tensor
+from megatron_fp8.layers.weights import param_info
 from megatron_fp8.optim.finalize_grads import finalize_model_grads
 from megatron_fp8.parallel import comm
 from megatron_fp8.parallel.state import ParallelState
@@ -65,7 +66,7 @@ def global_name(name: str, param, ps: ParallelState, num_layers: int) -> str:
         return f"decoder.layers.{ps.pp_rank * per_stage + int(match.group(1))}."
 
     name = re.sub(r"^decoder\.layers\.(\d+)\.", renumber, name)
-    if name == "output_weight" and getattr(param, "shared_embedding", False):
+    if name == "output_weight" and param_info(param).shared_embedding:
         return "word_embeddings.weight"
     return name
 
@@ -77,7 +78,7 @@ def local_grads(trainer: Trainer) -> dict:
         g = p.main_grad
         g = g.dequantize() if isinstance(g, Fp8Tensor) else g.float()
         key = global_name(name, p, trainer.pstate, trainer.config.model.num_layers)
-        out[key] = (g.clone(), getattr(p, "partition_dim", None), getattr(p, "tp_stacked", 1))
+        out[key] = (g.clone(), param_info(p).partition_dim, param_info(p).tp_stacked)
     return out
 
 

@@ -5,7 +5,7 @@ for bit. Model construction needs no process group, so each rank's model is buil
 import pytest
 import torch
 
-from megatron_fp8.layers.weights import real_value
+from megatron_fp8.layers.weights import param_info, real_value
 from megatron_fp8.model import GPTModel
 from megatron_fp8.parallel.state import ParallelState
 
@@ -16,7 +16,7 @@ from .variants import model_config
 
 def weights(model: GPTModel, ps: ParallelState) -> dict:
     return {global_name(n, p, ps, model.config.model.num_layers):
-            (real_value(p), getattr(p, "partition_dim", None), getattr(p, "tp_stacked", 1))
+            (real_value(p), param_info(p).partition_dim, param_info(p).tp_stacked)
             for n, p in model.named_parameters()}
 
 
@@ -53,7 +53,7 @@ def test_swiglu_fc1_is_split_block_by_block():
         local = GPTModel(config, ParallelState(tp_size=2, tp_rank=r)).decoder.layers[0].mlp.linear_fc1
         local_gate, local_up = local.weight.detach().chunk(2)
         assert torch.equal(local_gate, gate.chunk(2)[r]) and torch.equal(local_up, up.chunk(2)[r])
-        assert local.weight.tp_stacked == 2 and local.bias.tp_stacked == 2
+        assert param_info(local.weight).tp_stacked == 2 and param_info(local.bias).tp_stacked == 2
     shards = [GPTModel(config, ParallelState(tp_size=2, tp_rank=r)).decoder.layers[0].mlp.linear_fc1.weight.detach()
               for r in range(2)]
     assert torch.equal(join_shards(shards, 0, 2), full.weight.detach())

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from megatron_fp8.arguments import parse_config
 from megatron_fp8.checkpoint.tracker import iteration_dir
 from megatron_fp8.config import Config, ModelConfig, PrecisionConfig, TrainingConfig
+from megatron_fp8.layers.weights import param_info
 from megatron_fp8.optim.loss_scaler import ConstantLossScaler, DynamicLossScaler
 from megatron_fp8.training import Trainer
 
@@ -93,11 +94,12 @@ def _within_one_fp16_ulp(got: torch.Tensor, reference32: torch.Tensor) -> bool:
 def test_fp16_compute_dtypes_and_fp32_masters(dataset, monkeypatch):
     trainer = Trainer(fp16_config("O2", initial_loss_scale=2.0 ** 10))
     for p in trainer.model.parameters():
-        if p.fp8_eligible:  # O2: FP16 + scale is the master itself
-            assert p.dtype == torch.float16 and p.scale_inv is not None
+        if param_info(p).fp8_eligible:  # O2: FP16 + scale is the master itself
+            assert p.dtype == torch.float16 and param_info(p).scale_inv is not None
         else:  # embeddings, norms, biases: plain FP16 (no scale), FP32 master in the optimizer
-            assert p.dtype == torch.float16 and getattr(p, "scale_inv", None) is None
-    states = {n: trainer.optimizer.state[n] for n, p in trainer.model.named_parameters() if not p.fp8_eligible}
+            assert p.dtype == torch.float16 and param_info(p).scale_inv is None
+    states = {n: trainer.optimizer.state[n] for n, p in trainer.model.named_parameters()
+              if not param_info(p).fp8_eligible}
     assert states and all(s.master.dtype == torch.float32 for s in states.values())
 
     seen = {}

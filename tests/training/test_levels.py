@@ -5,6 +5,7 @@ import torch
 
 from megatron_fp8.fp8.formats import E4M3
 from megatron_fp8.fp8.tensor import Fp8Tensor
+from megatron_fp8.layers.weights import param_info
 from megatron_fp8.training import Trainer
 
 from ..helpers import run_steps, tiny_config
@@ -46,7 +47,7 @@ EXPECTED = {  # (weight, grad, master, exp_avg, exp_avg_sq, bytes per FP8-eligib
 @pytest.mark.parametrize("level", LEVELS)
 def test_state_dtypes_and_bytes_per_parameter(level):
     trainer = Trainer(tiny_config(level))
-    eligible = [(n, p) for n, p in trainer.model.named_parameters() if p.fp8_eligible]
+    eligible = [(n, p) for n, p in trainer.model.named_parameters() if param_info(p).fp8_eligible]
     assert len(eligible) == 8  # qkv, proj, fc1, fc2 in each of two layers
     weight, grad, master, exp_avg, exp_avg_sq, nbytes = EXPECTED[level]
     total_bytes = total_params = 0
