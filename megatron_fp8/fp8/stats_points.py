@@ -10,7 +10,6 @@ import torch
 
 from .blockwise import BlockwiseFp8Tensor
 from .formats import dtype_max, is_scaled
-from .quantizer import _real
 from .reference import AdamWHyper, AdamWTensors, adamw_math, amax, load
 from .scaling import compute_scale_tensor
 from .stats import RECORDER
@@ -26,7 +25,7 @@ def weight_operand(layer: str, weight: torch.Tensor, storage_scale_inv: torch.Te
                    operand: "Fp8Tensor | BlockwiseFp8Tensor") -> None:
     """``<layer>.weight``: the cast of the real weight values (``weight`` with its storage scale, None for
     plain float storage) into the FP8 GEMM operand (tensorwise, or 128x128 blocks with one scale each)."""
-    real = _real(weight, storage_scale_inv)
+    real = load(weight, storage_scale_inv)
     scale_inv = operand.element_scale_inv() if isinstance(operand, BlockwiseFp8Tensor) else operand.scale_inv
     RECORDER.record(f"{layer}.weight", real, 1.0 / scale_inv, operand.dtype)
 
