@@ -6,6 +6,7 @@ cleans up its temporary files; a full disk is reported as such, naming the file 
 
 import contextlib
 import errno
+import hashlib
 import os
 import shutil
 import tempfile
@@ -139,3 +140,12 @@ def replace_dir(staged: str, final: str, backup: str) -> None:
     os.replace(staged, final)
     fsync_dir(os.path.dirname(os.path.abspath(final)))
     remove_quietly(backup)
+
+
+def file_sha256(path: str) -> str:
+    """The hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -16,7 +16,6 @@ checkpoint is sealed at a later step, once every rank reports its files done. Fi
 """
 
 import errno
-import hashlib
 import json
 import os
 import threading
@@ -25,12 +24,20 @@ import time
 import torch
 
 from ..config import Config
-from ..fsutil import DiskFullError, naming_write_errors, remove_quietly
+from ..fsutil import DiskFullError, file_sha256, naming_write_errors, remove_quietly
 from ..parallel import comm
 from ..parallel.state import ParallelState
 from . import safe_load
 from .state import FORMAT, check_config, config_summary, set_rng_state
-from .tracker import METADATA, TRACKER, complete_copy, iteration_dir, publish, read_tracker, staging_dir
+from .tracker import (
+    METADATA,
+    TRACKER,
+    complete_copy,
+    iteration_dir,
+    publish,
+    read_tracker,
+    staging_dir,
+)
 
 
 def model_file(tp: int, pp: int) -> str:
@@ -45,21 +52,13 @@ def rng_file(rank: int) -> str:
     return f"rng_rank{rank:05d}.pt"
 
 
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _write(path: str, obj) -> dict:
     with naming_write_errors(path):
         with open(path, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-    return {"sha256": sha256(path), "bytes": os.path.getsize(path)}
+    return {"sha256": file_sha256(path), "bytes": os.path.getsize(path)}
 
 
 def write_metadata(staged: str, metadata: dict) -> None:
@@ -199,7 +198,7 @@ def read_file(directory: str, metadata: dict, name: str):
         raise FileNotFoundError(f"{path}: missing checkpoint file")
     if os.path.getsize(path) != info["bytes"]:
         raise ValueError(f"{path}: truncated checkpoint file ({os.path.getsize(path)} of {info['bytes']} bytes)")
-    if sha256(path) != info["sha256"]:
+    if file_sha256(path) != info["sha256"]:
         raise ValueError(f"{path}: checksum mismatch (file corrupted after it was written)")
     return safe_load.load(path)
 

@@ -13,7 +13,6 @@ characters an assistant turn adds to the rendering, from the end of the generati
 before it to the end of the turn (its end-of-turn marker included, so the model learns to stop).
 """
 
-import hashlib
 import json
 import os
 
@@ -21,6 +20,7 @@ import numpy as np
 
 from megatron_fp8.data.indexed_dataset import DataFormatError
 from megatron_fp8.data.tokenizer import Tokenizer, as_int_list
+from megatron_fp8.fsutil import file_sha256
 
 ROLES = ("system", "user", "assistant")
 PROMPT_FORMATS = ("default", "identity")
@@ -96,14 +96,6 @@ def read_jsonl(path: str):
                 yield number, conv
 
 
-def _file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _template_text(directory: str) -> str | None:
     """The chat template a tokenizer directory carries, if any (transformers' two places for it)."""
     jinja = os.path.join(directory, "chat_template.jinja")
@@ -146,7 +138,7 @@ class SFTTokenizer(Tokenizer):
         files = sorted(n for n in os.listdir(path) if n.startswith(("tokenizer", "chat_template", "special_tokens",
                                                                       "vocab", "merges", "added_tokens")))
         self.identity = {"prompt_format": prompt_format,
-                         "files": {n: _file_digest(os.path.join(path, n)) for n in files}}
+                         "files": {n: file_sha256(os.path.join(path, n)) for n in files}}
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False)

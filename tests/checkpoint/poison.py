@@ -7,8 +7,8 @@ import shutil
 
 import torch
 
-from megatron_fp8.checkpoint.distributed import sha256
 from megatron_fp8.checkpoint.tracker import METADATA, iteration_dir, read_tracker
+from megatron_fp8.fsutil import file_sha256 as sha256
 
 
 class PlantedCode:

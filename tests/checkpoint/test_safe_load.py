@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_fp8.checkpoint.distributed import read_metadata, sha256
+from megatron_fp8.checkpoint.distributed import read_metadata
 from megatron_fp8.checkpoint.safe_load import UnsafeCheckpointError
 from megatron_fp8.checkpoint.tracker import METADATA, iteration_dir
+from megatron_fp8.fsutil import file_sha256 as sha256
 from megatron_fp8.training import Trainer
 
 from ..helpers import tiny_config
