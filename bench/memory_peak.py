@@ -46,8 +46,11 @@ def worker(a) -> dict:
 
     from megatron_fp8.config import Config, ModelConfig, PrecisionConfig, TrainingConfig
     from megatron_fp8.memory import plan_memory
+    from megatron_fp8.process_memory import fix_mmap_threshold
     from megatron_fp8.training import Trainer
 
+    if a.fix_mmap_threshold:
+        fix_mmap_threshold("cpu")  # as pretrain() does at start-up
     torch.manual_seed(0)
     stages["imported"] = _status()
     cfg = Config(model=ModelConfig(num_layers=a.layers, hidden_size=a.hidden, num_attention_heads=a.heads,
@@ -81,6 +84,8 @@ def run_one(level: str, recompute: str, a) -> dict:
                                                                            "seq", "batch"))]
     if a.malloc_trim:
         args.append("--malloc-trim")
+    if a.fix_mmap_threshold:
+        args.append("--fix-mmap-threshold")
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     if a.malloc_arena_max:
         env["MALLOC_ARENA_MAX"] = str(a.malloc_arena_max)
@@ -101,6 +106,8 @@ def main(argv=None):
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--malloc-arena-max", type=int, default=None, help="MALLOC_ARENA_MAX for the workers")
     p.add_argument("--malloc-trim", action="store_true", help="malloc_trim(0) after every step")
+    p.add_argument("--fix-mmap-threshold", action="store_true",
+                   help="fix glibc's mmap threshold at start-up, as pretrain_gpt.py does on CPU")
     p.add_argument("--timeout", type=int, default=3600, help="seconds per configuration")
     p.add_argument("--jobs", type=int, default=1, help="configurations run at once (each in its own process)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
