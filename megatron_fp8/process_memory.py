@@ -42,14 +42,16 @@ def process_peaks(device) -> dict:
 
 
 def fix_mmap_threshold(device) -> str | None:
-    """On a CPU run under glibc, fix malloc's mmap threshold at 64 KiB; returns the start-up line, or None
-    when nothing was changed.
+    """On a CPU process under glibc, fix malloc's mmap threshold at 64 KiB; returns a line saying so, or
+    None when nothing was changed. Not called by training: it is a measured trade-off, not a default.
 
     glibc raises its mmap threshold dynamically to the largest block freed so far, after which large
-    tensor buffers come from the heap, whose freed pages the process keeps: on a 110M GPT this held
-    ~0.6 GB at O2 outside every category, and a fixed threshold took O2's peak from 0.84x to 0.72x of
-    ``off`` (docs/RESULTS.md, bench/memory_peak.py). Left alone on CUDA runs (host memory is not the
-    limit there), on other C libraries, and when the user set ``MALLOC_MMAP_THRESHOLD_`` (theirs wins)."""
+    tensor buffers come from the heap, whose freed pages the process keeps. On a 110M GPT a fixed
+    threshold took O2's peak from 1862 to 1602 MB (0.71x of ``off``) at about +3% step time, but the
+    5M-parameter quick-start model ran ~45% slower (every mid-sized tensor became an mmap/munmap pair):
+    docs/RESULTS.md. Users choose it with ``MALLOC_MMAP_THRESHOLD_=65536`` in the environment; this
+    function is the same setting from inside a process (bench/memory_peak.py --fix-mmap-threshold).
+    Left alone on CUDA, on other C libraries, and when ``MALLOC_MMAP_THRESHOLD_`` is set."""
     if torch.device(device).type != "cpu" or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return None
     if not sys.platform.startswith("linux"):

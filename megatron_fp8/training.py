@@ -39,7 +39,7 @@ from .optim.lr_scheduler import schedulers
 from .parallel import comm
 from .parallel.groups import init_distributed
 from .parallel.random import stage_seed
-from .process_memory import fix_mmap_threshold, process_peaks
+from .process_memory import process_peaks
 from .parallel.state import ParallelState, single_process
 from .pipeline.schedules import forward_backward_1f1b, forward_backward_no_pipelining
 from .schedule import training_plan
@@ -332,9 +332,6 @@ def pretrain(config: Config, printer=print) -> dict:
     start_time = time.time()  # --exit-duration-in-mins counts from here, set-up included (as Megatron)
     pstate = init_distributed(config)
     printer = printer if pstate.is_logging_rank else (lambda *a, **k: None)
-    allocator = fix_mmap_threshold(default_device())
-    if allocator:
-        printer(allocator)
     loads, lock = prepare_for_run(config.training.load, config.training.save, pstate, printer)
     try:
         return _pretrain(config, pstate, loads, printer, start_time)
