@@ -7,8 +7,9 @@ N iterations in a row were skipped (0: never). Under FP16 loss scaling (``--fp16
 overflow shows as an inf/NaN gradient norm: that is the loss scaler's business (the step is skipped and a
 dynamic scale backs off), so only a NaN loss stops the run, and skipped steps count towards the limit only
 once a dynamic scale has reached ``--min-loss-scale`` (while it can still back off they are expected: the
-default initial scale 2^32 overflows for a few dozen steps). Every rank reaches the same decision: the flags are
-combined over all ranks (only the last pipeline stage has a loss), so no rank is left waiting.
+default initial scale 2^32 overflows for a few dozen steps). Every rank reaches the same decision, so no rank is left
+waiting: the gradient norm and the skip flag are already global, and under pipeline parallelism (only the
+last stage has a loss) the flags are combined over all ranks with one small all-reduce.
 """
 
 import math

@@ -358,8 +358,11 @@ def _pretrain(config: Config, pstate: ParallelState, loads: bool, printer, start
                       else f"--train-samples {t.train_samples} ({train_iters} iterations)")
             printer(f" > the checkpoint is at iteration {start_iteration}, which already reached {length}: "
                     f"nothing to train (raise {length.split()[0]} to continue)")
+        # the gradient norm and the overflow flag are already global; only the loss lives on the last
+        # pipeline stage, so the guard shares its flags only when there are several stages
         guard = DivergenceGuard(t.check_for_nan_in_loss_and_grad, t.max_consecutive_skipped_iterations,
-                                pstate.is_last_stage, pstate.world_size, trainer.loss_scaler)
+                                pstate.is_last_stage, pstate.world_size if pstate.pp_size > 1 else 1,
+                                trainer.loss_scaler)
         print_startup(trainer, printer)
         logger = MetricsLogger(train_iters, t.log_json, t.tensorboard_dir, enabled=pstate.is_logging_rank,
                                printer=printer)

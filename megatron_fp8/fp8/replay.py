@@ -42,18 +42,19 @@ def active() -> tuple[ScaleTape, bool] | None:
 
 
 @contextmanager
+def _pushed(tape: ScaleTape, replay: bool):
+    _ACTIVE.append((tape, replay))
+    try:
+        yield tape
+    finally:
+        _ACTIVE.pop()
+
+
 def recording(tape: ScaleTape):
-    _ACTIVE.append((tape, False))
-    try:
-        yield tape
-    finally:
-        _ACTIVE.pop()
+    """The first forward of a recomputed region: casts record their scales on ``tape``."""
+    return _pushed(tape, False)
 
 
-@contextmanager
 def replaying(tape: ScaleTape):
-    _ACTIVE.append((tape, True))
-    try:
-        yield tape
-    finally:
-        _ACTIVE.pop()
+    """The recomputed forward: casts take the recorded scales back from ``tape``."""
+    return _pushed(tape, True)
