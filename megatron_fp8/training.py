@@ -102,8 +102,7 @@ class Trainer:
     def build_optimizer(self) -> None:
         """A fresh optimizer whose master copies (where the level keeps them) start from the full-precision
         values the weights were last given (initialisation, fine-tuning's load), not from their storage."""
-        t, margin = self.config.training, self.config.precision.recipe.margin
-        settings = AdamWSettings(t.adam_beta1, t.adam_beta2, t.adam_eps, t.weight_decay, margin)
+        settings = AdamWSettings.from_config(self.config)
         named = list(self.model.named_parameters())
         self.optimizer = DistributedOptimizer(named, self.policy, settings, self.owners, self.pstate) \
             if self.distributed_optimizer else Fp8AdamW(named, self.policy, settings)
