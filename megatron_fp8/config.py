@@ -177,9 +177,10 @@ class PrecisionConfig:
     exp_avg_dtype: str | None = flag(None, "first moment (default: by level)", choices=("fp32", "fp16", "bf16", "fp8"))
     exp_avg_sq_dtype: str | None = flag(None, "second moment (default: by level)",
                                         choices=("fp32", "fp16", "bf16", "fp8"))
-    main_params_rounding: str = flag("nearest", "rounding of the FP16/BF16 master weights of FP8 linears when the "
-                                     "optimizer stores them: stochastic keeps updates below half an FP16 step "
-                                     "in expectation (issue 18)", choices=("nearest", "stochastic"))
+    main_params_rounding: str | None = flag(None, "rounding of the FP16/BF16 master weights of FP8 linears when "
+                                            "the optimizer stores them (default: stochastic where O1-O3 keep them "
+                                            "in FP16, which keeps updates below half an FP16 step in expectation)",
+                                            choices=("nearest", "stochastic"))
     grad_reduce_dtype: str | None = flag(None, "data-parallel gradient wire dtype (default: by level)",
                                          choices=("fp32", "bf16", "fp8"))
     # FP16 compute with loss scaling, as Megatron's --fp16 (optim/loss_scaler.py)
@@ -218,7 +219,9 @@ class PrecisionConfig:
         if weight == compute == torch.float16 and not fp8_weights and master is None:
             raise ValueError(f"--main-params-dtype fp16 with --fp16 at --fp8-level {level} leaves the FP16 weights "
                              "without a master copy (Megatron keeps FP32 master weights with --fp16)")
-        if self.main_params_rounding == "stochastic" and (master or weight) not in (torch.float16, torch.bfloat16):
+        narrow_master = (master or weight) in (torch.float16, torch.bfloat16)
+        rounding = self.main_params_rounding or ("stochastic" if fp8_weights and narrow_master else "nearest")
+        if rounding == "stochastic" and not narrow_master:
             raise ValueError(f"--main-params-rounding stochastic rounds FP16/BF16 master weights, and --fp8-level "
                              f"{level} keeps them in {str(master or weight).replace('torch.', '')}")
         exp_avg = E4M3 if level in ("O2", "O3") else torch.float32
@@ -233,7 +236,7 @@ class PrecisionConfig:
             grad_reduce=grad_reduce,
             # FP8 levels send the small non-FP8 gradients in BF16; the baselines keep one dtype throughout
             other_grad_reduce=torch.float32 if grad_reduce == torch.float32 else torch.bfloat16,
-            master_rounding=self.main_params_rounding)
+            master_rounding=rounding)
 
 
 @dataclass

@@ -300,7 +300,8 @@ def print_startup(trainer: Trainer, printer) -> None:
     eligible = sum(p.numel() for p in trainer.params if param_info(p).fp8_eligible)
     printer(f" > number of parameters: {total} ({eligible} FP8-eligible in linear layers)")
     printer(f" > precision: --fp8-level {cfg.precision.fp8_level} | compute {policy.compute} | weight "
-            f"{policy.weight} | grad {policy.grad} | master {policy.master or 'weight'} | exp_avg {policy.exp_avg} | "
+            f"{policy.weight} | grad {policy.grad} | master {policy.master or 'weight'} ({policy.master_rounding} "
+            f"rounding) | exp_avg {policy.exp_avg} | "
             f"exp_avg_sq {policy.exp_avg_sq} | grad reduce {policy.grad_reduce} | recipe "
             f"{cfg.precision.recipe.recipe}/{cfg.precision.recipe.format}")
     printer(f" > theoretical model-state bytes per FP8-eligible parameter: "

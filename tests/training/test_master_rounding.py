@@ -40,9 +40,7 @@ def test_stochastic_master_keeps_updates_below_half_a_step():
 
 
 def test_flag_reaches_exactly_the_narrow_masters(monkeypatch):
-    config = tiny_config("O2")
-    config.precision.main_params_rounding = "stochastic"
-    trainer = Trainer(config)
+    trainer = Trainer(tiny_config("O2"))  # stochastic by default
     seen = {}
 
     def spy(tensors, hyper):
@@ -90,7 +88,10 @@ def test_levels_without_a_narrow_master_refuse_it(argv, message):
         assert message in str(err.value)
 
 
-def test_every_fp8_level_accepts_it():
-    for level in ("O1", "O2", "O3"):
-        config = parse_config(["--fp8-level", level, "--main-params-rounding", "stochastic", "--mock-data"])
-        assert config.precision.policy.master_rounding == "stochastic"
+def test_default_is_stochastic_exactly_where_a_level_keeps_an_fp16_master():
+    cases = {("O1",): "stochastic", ("O2",): "stochastic", ("O3",): "stochastic", ("O2", "--bf16"): "stochastic",
+             ("O3", "--main-params-dtype", "fp32"): "nearest", ("gemm",): "nearest", ("off",): "nearest",
+             ("off", "--bf16"): "nearest", ("O2", "--main-params-rounding", "nearest"): "nearest"}
+    for (level, *flags), rounding in cases.items():
+        config = parse_config(["--fp8-level", level, *flags, "--mock-data"])
+        assert config.precision.policy.master_rounding == rounding, (level, flags)
