@@ -6,11 +6,16 @@ bench/results/parity.json and, with matplotlib installed, bench/results/parity.p
     python bench/parity.py [--train-iters 1000] [--levels off,gemm,O1,O2,O3] [--hidden 256 --layers 4 --seq 128]
     python bench/parity.py --early-only --levels O2   # steps 1-50 only (--exit-interval), final kept as it was
     python bench/parity.py --summarize-only
+    python bench/parity.py --levels O1,O2,O3 --tag +sr -- --main-params-rounding stochastic
+
+Flags after ``--`` go to every level except `off`; ``--tag`` names those runs (the level's key becomes
+LEVEL+TAG, e.g. ``O2+sr``) so they sit beside the plain levels against the same `off`.
 """
 
 import argparse
 import json
 import os
+import sys
 
 
 from megatron_fp8.arguments import parse_config
@@ -24,8 +29,9 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 EARLY_STEPS = 50
 
 
-def run_level(level: str, a) -> dict:
-    log = os.path.join(RESULTS, f"parity_{level}{'_early' if a.early_only else ''}.jsonl")
+def run_level(level: str, a, extra: list[str]) -> dict:
+    key = level + (a.tag if level != "off" else "")
+    log = os.path.join(RESULTS, f"parity_{key}{'_early' if a.early_only else ''}.jsonl")
     if os.path.exists(log):
         os.remove(log)
     exit_flags = ["--exit-interval", str(EARLY_STEPS)] if a.early_only else []  # same schedule and data order
@@ -33,7 +39,8 @@ def run_level(level: str, a) -> dict:
              "--num-attention-heads", str(a.heads), "--seq-length", str(a.seq), "--micro-batch-size", str(a.batch),
              "--train-iters", str(a.train_iters), "--lr", "1e-3", "--min-lr", "1e-4", "--lr-warmup-iters", "50",
              "--log-interval", str(a.log_interval), "--eval-interval", str(a.train_iters), "--eval-iters",
-             str(a.eval_iters), "--hidden-dropout", "0", "--attention-dropout", "0", "--log-json", log]
+             str(a.eval_iters), "--hidden-dropout", "0", "--attention-dropout", "0", "--log-json", log] \
+        + (extra if level != "off" else [])
     summary = pretrain(parse_config(flags), printer=lambda *x, **k: None)
     early = summary["train_losses"][:EARLY_STEPS]
     if a.early_only:
@@ -112,7 +119,11 @@ def _saved_level(level: str) -> tuple[dict, dict]:
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tag", default="", help="suffix of the result names of the levels run with the extra flags")
     p.add_argument("--levels", default="off,gemm,O1,O2,O3")
     p.add_argument("--summarize-only", action="store_true", help="combine the levels measured so far")
     p.add_argument("--early-only", action="store_true",
@@ -123,14 +134,15 @@ def main(argv=None):
     a = p.parse_args(argv)
     os.makedirs(RESULTS, exist_ok=True)
     for level in [] if a.summarize_only else a.levels.split(","):
-        result = run_level(level, a)
-        config = vars(a)
+        result = run_level(level, a, extra)
+        key = level + (a.tag if level != "off" else "")
+        config = {**vars(a), "extra_flags": extra if level != "off" else []}
         if a.early_only:  # keep the level's final result and the run it came from
-            config, saved = _saved_level(level)
+            config, saved = _saved_level(key)
             result = {**saved, **result}
-        with open(os.path.join(RESULTS, f"parity_level_{level}.json"), "w") as f:
-            json.dump({"level": level, "config": config, "result": result}, f)
-        print(f"{level:5s} final validation loss {result.get('final_valid_loss')} "
+        with open(os.path.join(RESULTS, f"parity_level_{key}.json"), "w") as f:
+            json.dump({"level": key, "config": config, "result": result}, f)
+        print(f"{key:5s} final validation loss {result.get('final_valid_loss')} "
               f"(skipped steps: {result.get('skipped')})", flush=True)
     summarize()
 

@@ -234,13 +234,28 @@ mfp8::AdamWParam to_param(const ParamList& f, size_t k) {
   return p;
 }
 
-// consts: AdamWHyper.constants() in the order of mfp8::AdamWConsts.
-void adamw_step(const std::vector<ParamList>& tensors, const std::vector<double>& consts, int64_t margin) {
+// consts: AdamWHyper.constants() in the order of mfp8::AdamWConsts. sr_seeds: empty, or one per tensor:
+// -1 stores that master rounded to nearest, a seed in [0, 2^32) with stochastic rounding (F16/BF16 only).
+void adamw_step(const std::vector<ParamList>& tensors, const std::vector<double>& consts, int64_t margin,
+                const std::vector<int64_t>& sr_seeds) {
   TORCH_CHECK(consts.size() == 9, "adamw_step: expected 9 constants, got ", consts.size());
+  TORCH_CHECK(sr_seeds.empty() || sr_seeds.size() == tensors.size(), "adamw_step: ", sr_seeds.size(),
+              " sr_seeds for ", tensors.size(), " tensors");
   if (tensors.empty()) return;
   std::vector<mfp8::AdamWParam> params;
   params.reserve(tensors.size());
-  for (size_t k = 0; k < tensors.size(); ++k) params.push_back(to_param(tensors[k], k));
+  for (size_t k = 0; k < tensors.size(); ++k) {
+    mfp8::AdamWParam p = to_param(tensors[k], k);
+    const int64_t seed = sr_seeds.empty() ? -1 : sr_seeds[k];
+    TORCH_CHECK(seed >= -1 && seed <= 0xFFFFFFFFll, "adamw_step: sr_seeds[", k, "] = ", seed, " is out of range");
+    if (seed >= 0) {
+      TORCH_CHECK(p.master_dtype == DType::F16 || p.master_dtype == DType::BF16, "adamw_step: tensors[", k,
+                  "]: stochastic rounding needs a float16 or bfloat16 master, got ", tensors[k][0]->scalar_type());
+      p.master_sr = 1;
+      p.master_sr_seed = static_cast<uint32_t>(seed);
+    }
+    params.push_back(p);
+  }
   const Tensor& first = *tensors[0][0];
   for (size_t k = 1; k < tensors.size(); ++k)
     check_same_device(*tensors[k][0], first, ("tensors[" + std::to_string(k) + "].master").c_str());
@@ -280,7 +295,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sum_shards", &sum_shards, py::arg("shards"), py::arg("scale_invs"), py::arg("out_dtype"),
         py::arg("factor") = 1.0, py::arg("margin") = 0, py::arg("prev_scale_inv") = py::none());
   m.def("adamw_step", &adamw_step, py::arg("tensors"), py::arg("consts"), py::arg("margin"),
-        "tensors: one 10-field list per parameter (AdamWTensors order); consts: AdamWHyper.constants()");
+        py::arg("sr_seeds") = std::vector<int64_t>{},
+        "tensors: one 10-field list per parameter (AdamWTensors order); consts: AdamWHyper.constants(); "
+        "sr_seeds: per tensor, -1 or the seed of its master's stochastic rounding");
 #if defined(MFP8_WITH_CUDA)
   m.attr("with_cuda") = true;
 #else

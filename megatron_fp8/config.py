@@ -152,6 +152,8 @@ class PrecisionPolicy:
     exp_avg_sq: torch.dtype
     grad_reduce: torch.dtype
     other_grad_reduce: torch.dtype  # wire dtype of the float gradients of non-FP8 parameters
+    # how the optimizer stores the FP16/BF16 master of FP8-eligible weights: "nearest" or "stochastic"
+    master_rounding: str = "nearest"
 
     def stores_scale(self, fp8_eligible: bool) -> bool:
         """Whether a parameter's storage carries a scale_inv: FP8-eligible weights at O1-O3 (FP16 + scale or
@@ -175,6 +177,10 @@ class PrecisionConfig:
     exp_avg_dtype: str | None = flag(None, "first moment (default: by level)", choices=("fp32", "fp16", "bf16", "fp8"))
     exp_avg_sq_dtype: str | None = flag(None, "second moment (default: by level)",
                                         choices=("fp32", "fp16", "bf16", "fp8"))
+    main_params_rounding: str | None = flag(None, "rounding of the FP16/BF16 master weights of FP8 linears when "
+                                            "the optimizer stores them (default: stochastic where O1-O3 keep them "
+                                            "in FP16, which keeps updates below half an FP16 step in expectation)",
+                                            choices=("nearest", "stochastic"))
     grad_reduce_dtype: str | None = flag(None, "data-parallel gradient wire dtype (default: by level)",
                                          choices=("fp32", "bf16", "fp8"))
     # FP16 compute with loss scaling, as Megatron's --fp16 (optim/loss_scaler.py)
@@ -213,6 +219,11 @@ class PrecisionConfig:
         if weight == compute == torch.float16 and not fp8_weights and master is None:
             raise ValueError(f"--main-params-dtype fp16 with --fp16 at --fp8-level {level} leaves the FP16 weights "
                              "without a master copy (Megatron keeps FP32 master weights with --fp16)")
+        narrow_master = (master or weight) in (torch.float16, torch.bfloat16)
+        rounding = self.main_params_rounding or ("stochastic" if fp8_weights and narrow_master else "nearest")
+        if rounding == "stochastic" and not narrow_master:
+            raise ValueError(f"--main-params-rounding stochastic rounds FP16/BF16 master weights, and --fp8-level "
+                             f"{level} keeps them in {str(master or weight).replace('torch.', '')}")
         exp_avg = E4M3 if level in ("O2", "O3") else torch.float32
         exp_avg_sq = torch.float16 if level in ("O2", "O3") else torch.float32
         grad_reduce = dtype_from_name(self.grad_reduce_dtype) if self.grad_reduce_dtype \
@@ -224,7 +235,8 @@ class PrecisionConfig:
             exp_avg_sq=dtype_from_name(self.exp_avg_sq_dtype) if self.exp_avg_sq_dtype else exp_avg_sq,
             grad_reduce=grad_reduce,
             # FP8 levels send the small non-FP8 gradients in BF16; the baselines keep one dtype throughout
-            other_grad_reduce=torch.float32 if grad_reduce == torch.float32 else torch.bfloat16)
+            other_grad_reduce=torch.float32 if grad_reduce == torch.float32 else torch.bfloat16,
+            master_rounding=rounding)
 
 
 @dataclass

@@ -102,8 +102,7 @@ class Trainer:
     def build_optimizer(self) -> None:
         """A fresh optimizer whose master copies (where the level keeps them) start from the full-precision
         values the weights were last given (initialisation, fine-tuning's load), not from their storage."""
-        t, margin = self.config.training, self.config.precision.recipe.margin
-        settings = AdamWSettings(t.adam_beta1, t.adam_beta2, t.adam_eps, t.weight_decay, margin)
+        settings = AdamWSettings.from_config(self.config)
         named = list(self.model.named_parameters())
         self.optimizer = DistributedOptimizer(named, self.policy, settings, self.owners, self.pstate) \
             if self.distributed_optimizer else Fp8AdamW(named, self.policy, settings)
@@ -301,7 +300,8 @@ def print_startup(trainer: Trainer, printer) -> None:
     eligible = sum(p.numel() for p in trainer.params if param_info(p).fp8_eligible)
     printer(f" > number of parameters: {total} ({eligible} FP8-eligible in linear layers)")
     printer(f" > precision: --fp8-level {cfg.precision.fp8_level} | compute {policy.compute} | weight "
-            f"{policy.weight} | grad {policy.grad} | master {policy.master or 'weight'} | exp_avg {policy.exp_avg} | "
+            f"{policy.weight} | grad {policy.grad} | master {policy.master or 'weight'} ({policy.master_rounding} "
+            f"rounding) | exp_avg {policy.exp_avg} | "
             f"exp_avg_sq {policy.exp_avg_sq} | grad reduce {policy.grad_reduce} | recipe "
             f"{cfg.precision.recipe.recipe}/{cfg.precision.recipe.format}")
     printer(f" > theoretical model-state bytes per FP8-eligible parameter: "

@@ -46,6 +46,22 @@ void encode(DType d, void* dst, int64_t lo, int64_t len, const float* __restrict
   });
 }
 
+// The master's store: encode, or with stochastic rounding (bits from the element's index) where asked.
+void encode_master(const AdamWParam& t, int64_t lo, int64_t len, const float* __restrict src, float scale) {
+  if (!t.master_sr) return encode(t.master_dtype, t.master, lo, len, src, scale);
+  const uint32_t seed = t.master_sr_seed;
+  if (t.master_dtype == DType::F16) {
+    uint16_t* __restrict o = static_cast<uint16_t*>(t.master) + lo;
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i)
+      o[i] = f32_to_f16_sr(src[i] * scale, sr_bits(seed, static_cast<uint32_t>(lo + i)));
+  } else {  // BF16 (the binding admits no other dtype)
+    uint16_t* __restrict o = static_cast<uint16_t*>(t.master) + lo;
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) o[i] = f32_to_bf16_sr(src[i], sr_bits(seed, static_cast<uint32_t>(lo + i)));
+  }
+}
+
 // Thread-private float32 chunks of the four inputs; pass 2 overwrites m, v, p with the new values.
 struct Buffers {
   alignas(64) float g[kChunk];
@@ -93,7 +109,7 @@ void pass2(const AdamWParam& t, const Scalars& s, const AdamWConsts& c, cpu::Ran
     }
     encode(t.exp_avg_dtype, t.exp_avg, lo, len, b.m, s.m_scale);
     encode(t.exp_avg_sq_dtype, t.exp_avg_sq, lo, len, b.v, s.v_scale);
-    encode(t.master_dtype, t.master, lo, len, b.p, s.p_scale);
+    encode_master(t, lo, len, b.p, s.p_scale);
     if (t.weight) encode(t.weight_dtype, t.weight, lo, len, b.p, s.w_scale);
   }
 }

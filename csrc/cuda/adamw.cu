@@ -14,7 +14,7 @@ namespace mfp8 {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kGroup = 16;  // 16 descriptors of 128 bytes stay well inside the 4 KiB parameter limit
+constexpr int kGroup = 16;  // 16 descriptors of 136 bytes stay well inside the 4 KiB parameter limit
 
 struct Group {
   AdamWParam p[kGroup];
@@ -79,7 +79,12 @@ __global__ void __launch_bounds__(kThreads)
     const AdamWOut o = update_at(t, i, gs, ms, vs, ps, c);
     store_value(t.exp_avg, t.exp_avg_dtype, i, o.m, m_scale);
     store_value(t.exp_avg_sq, t.exp_avg_sq_dtype, i, o.v, v_scale);
-    store_value(t.master, t.master_dtype, i, o.p, p_scale);
+    if (t.master_sr && t.master_dtype == DType::F16)
+      static_cast<uint16_t*>(t.master)[i] = f32_to_f16_sr(o.p * p_scale, sr_bits(t.master_sr_seed, static_cast<uint32_t>(i)));
+    else if (t.master_sr)  // BF16 (the binding admits no other dtype)
+      static_cast<uint16_t*>(t.master)[i] = f32_to_bf16_sr(o.p, sr_bits(t.master_sr_seed, static_cast<uint32_t>(i)));
+    else
+      store_value(t.master, t.master_dtype, i, o.p, p_scale);
     if (t.weight) store_value(t.weight, t.weight_dtype, i, o.p, w_scale);
   }
 }

@@ -201,9 +201,7 @@ def _global_module(module: str, pstate: ParallelState, num_layers: int) -> str:
 
 
 def _optimizer_for(universal, config, owned, pstate, num_layers, tied) -> Fp8AdamW:
-    t = config.training
-    opt = Fp8AdamW(owned, config.precision.policy, AdamWSettings(t.adam_beta1, t.adam_beta2, t.adam_eps,
-                                                                 t.weight_decay, config.precision.recipe.margin))
+    opt = Fp8AdamW(owned, config.precision.policy, AdamWSettings.from_config(config))
     opt.step_count = universal["step"]
     for local, p in owned:
         name = global_name(local, pstate, num_layers, tied) or "embedding.word_embeddings.weight"

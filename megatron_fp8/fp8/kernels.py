@@ -208,12 +208,14 @@ def adamw_step(tensors: list[AdamWTensors], hyper: AdamWHyper) -> None:
         if fields is None:
             rest.append(t)
         else:
-            groups.setdefault(t.master.device, []).append(fields)
+            seed = -1 if t.master_sr_seed is None else int(t.master_sr_seed)
+            groups.setdefault(t.master.device, []).append((fields, seed))
     if groups:
         c = hyper.constants()
         consts = [c[k] for k in _CONSTS]
-        for fields in groups.values():
-            ext.adamw_step(fields, consts, int(hyper.margin))
+        for group in groups.values():
+            fields, seeds = zip(*group)
+            ext.adamw_step(list(fields), consts, int(hyper.margin), list(seeds) if max(seeds) >= 0 else [])
     if rest:
         reference.adamw_step(rest, hyper)
 
@@ -294,11 +296,14 @@ def _check_cases(device: torch.device):
     for combo in ((f16, e4, e4, f16, e4), (f32, f32, f32, f32, None), (f16, e5, f32, f32, e4),
                   (f32, bf16, bf16, bf16, bf16), (f16, f32, f16, f16, None)):
         cases["adamw_step"].append(lambda combo=combo: _adamw_case(device, combo))
+    for combo in ((f16, e4, e4, f16, e4), (f16, f32, f32, f32, None), (bf16, bf16, f32, f32, e5)):
+        cases["adamw_step"].append(lambda combo=combo: _adamw_case(device, combo, stochastic=True))
     return list(cases.items())
 
 
-def _adamw_case(device, combo):
-    """Three AdamW steps on two parameters with states in ``combo`` dtypes: (extension, reference) states."""
+def _adamw_case(device, combo, stochastic=False):
+    """Three AdamW steps on two parameters with states in ``combo`` dtypes: (extension, reference) states;
+    ``stochastic``: the masters stored with stochastic rounding (a new seed per tensor and step)."""
     master, grad, m, v, w = combo
 
     def state(n, seed):
@@ -325,9 +330,10 @@ def _adamw_case(device, combo):
             g = (_check_data(a.master.numel(), seed) * 1e-2).clamp(-448, 448).to(device).to(grad)
             a.grad = b.grad = g
             a.grad_sinv = b.grad_sinv = torch.full((), 0.25, device=device)
+            a.master_sr_seed = b.master_sr_seed = (0xC0FFEE00 + seed) if stochastic else None
         adamw_step(ours, hyper)
         reference.adamw_step(theirs, hyper)
-    flat = lambda ts: tuple(x for t in ts for x in vars(t).values() if x is not None)  # noqa: E731
+    flat = lambda ts: tuple(x for t in ts for x in vars(t).values() if isinstance(x, torch.Tensor))  # noqa: E731
     return flat(ours), flat(theirs)
 
 

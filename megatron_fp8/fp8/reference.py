@@ -44,6 +44,52 @@ def store(values: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torc
     return (values * scale).clamp(-fmax, fmax).to(dtype)
 
 
+_U32 = 0xFFFFFFFF
+
+
+def _mul_u32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """``x * c mod 2^32`` for int64 ``x`` in [0, 2^32): two partial products below 2^48, so no int64 overflow."""
+    lo = x * (c & 0xFFFF)
+    hi = ((x * (c >> 16)) & 0xFFFF) << 16
+    return (lo + hi) & _U32
+
+
+def sr_bits(seed: int, n: int, device=None) -> torch.Tensor:
+    """numerics.h sr_bits for element indices 0..n-1: lowbias32(seed + index * 0x9E3779B9), as int64."""
+    x = (_mul_u32(torch.arange(n, dtype=torch.int64, device=device) & _U32, 0x9E3779B9) + seed) & _U32
+    x ^= x >> 16
+    x = _mul_u32(x, 0x7FEB352D)
+    x ^= x >> 15
+    x = _mul_u32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def store_stochastic(values: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """``store`` with stochastic rounding (numerics.h f32_to_f16_sr / f32_to_bf16_sr): the magnitude rounds
+    up with probability equal to its distance from the representable value below, in 13 (FP16) or 16
+    (BF16) random bits ``sr_bits(seed, index)``."""
+    flat = values.reshape(-1)
+    r = sr_bits(seed, flat.numel(), flat.device)
+    if dtype == torch.bfloat16:
+        u = flat.view(torch.int32).to(torch.int64) & _U32
+        v = torch.where((u & 0x7FFFFFFF) > 0x7F800000, (u >> 16) | 0x40, ((u + (r & 0xFFFF)) & _U32) >> 16)
+        return v.to(torch.int32).to(torch.int16).view(torch.bfloat16).reshape(values.shape)
+    if dtype != torch.float16:
+        raise ValueError(f"stochastic rounding stores float16 or bfloat16, not {dtype}")
+    y = flat * scale
+    u = y.view(torch.int32).to(torch.int64) & _U32
+    sign = (u >> 16) & 0x8000
+    a = torch.clamp((u & 0x7FFFFFFF), max=0x477FE000)
+    noise = r & 0x1FFF
+    normal = ((a + noise) >> 13) - (112 << 10)
+    small = torch.clamp(a, max=0x38800000).to(torch.int32).view(torch.float32)
+    units = small * 16777216.0 + noise.to(torch.float32) * 2.0 ** -13
+    sub = units.to(torch.int32).to(torch.int64)
+    v = torch.where(a < 0x38800000, sub, normal)
+    v = torch.where((u & 0x7FFFFFFF) > 0x7F800000, torch.full_like(v, 0x7E00), v)
+    return (v | sign).to(torch.int32).to(torch.int16).view(torch.float16).reshape(values.shape)
+
+
 def load(stored: torch.Tensor, scale_inv) -> torch.Tensor:
     """Read storage back as float32 values (exact: scale_inv is a power of two; None means unscaled)."""
     values = stored.float()
@@ -126,7 +172,9 @@ class AdamWHyper:
 class AdamWTensors:
     """One parameter's state for :func:`adamw_step`. Each ``*_sinv`` is a 0-dim float32 scale_inv,
     required for scaled storage (FP8/FP16) and ignored otherwise. ``weight`` is an optional extra copy of
-    the updated parameter (the FP8 model weight at O1-O3, BF16 at ``--bf16``) written with a fresh scale."""
+    the updated parameter (the FP8 model weight at O1-O3, BF16 at ``--bf16``) written with a fresh scale.
+    ``master_sr_seed`` (float16/bfloat16 masters) stores the master with stochastic rounding
+    (:func:`store_stochastic`); None rounds to nearest even."""
 
     master: torch.Tensor
     grad: torch.Tensor
@@ -138,6 +186,7 @@ class AdamWTensors:
     exp_avg_sq_sinv: torch.Tensor | None = None
     weight: torch.Tensor | None = None
     weight_sinv: torch.Tensor | None = None
+    master_sr_seed: int | None = None  # stochastic rounding of the master's store with this seed
 
 
 def adamw_math(t: AdamWTensors, c: dict):
@@ -154,12 +203,18 @@ def adamw_math(t: AdamWTensors, c: dict):
     return p, m, v
 
 
-def _restore(stored: torch.Tensor, sinv, values: torch.Tensor, margin: int) -> None:
-    """Write ``values`` back into ``stored`` in place, with a fresh scale for scaled storage."""
+def _restore(stored: torch.Tensor, sinv, values: torch.Tensor, margin: int, sr_seed: int | None = None) -> None:
+    """Write ``values`` back into ``stored`` in place, with a fresh scale for scaled storage (and stochastic
+    rounding when ``sr_seed`` is given)."""
     if is_scaled(stored.dtype):
         scale = compute_scale_tensor(amax(values), dtype_max(stored.dtype), margin, 1.0 / sinv)
-        stored.copy_(store(values, scale, stored.dtype))
+        if sr_seed is None:
+            stored.copy_(store(values, scale, stored.dtype))
+        else:
+            stored.copy_(store_stochastic(values, scale, stored.dtype, sr_seed))
         sinv.copy_(1.0 / scale)
+    elif sr_seed is not None:
+        stored.copy_(store_stochastic(values, torch.ones(()), stored.dtype, sr_seed))
     else:
         stored.copy_(values.to(stored.dtype))
 
@@ -171,6 +226,6 @@ def adamw_step(tensors: list[AdamWTensors], hyper: AdamWHyper) -> None:
         p, m, v = adamw_math(t, c)
         _restore(t.exp_avg, t.exp_avg_sinv, m, hyper.margin)
         _restore(t.exp_avg_sq, t.exp_avg_sq_sinv, v, hyper.margin)
-        _restore(t.master, t.master_sinv, p, hyper.margin)
+        _restore(t.master, t.master_sinv, p, hyper.margin, t.master_sr_seed)
         if t.weight is not None:
             _restore(t.weight, t.weight_sinv, p, hyper.margin)

@@ -39,10 +39,12 @@ class Fp8Tensor:
         """One power-of-two scale per row of a 2-D tensor (the ``_scaled_mm`` rowwise layout)."""
         if x.dim() != 2:
             raise ValueError(f"rowwise quantization expects a 2-D tensor, got {tuple(x.shape)}")
-        row_amax = x.detach().float().abs().amax(dim=1, keepdim=True)
+        row_amax = x.detach().float().abs().amax(dim=1, keepdim=True) if x.shape[1] else \
+            torch.zeros((x.shape[0], 1), dtype=torch.float32, device=x.device)  # an empty row's amax is 0
         scale = compute_scale_tensor(row_amax, dtype_max(dtype), margin, torch.ones_like(row_amax))
         data = (x.float() * scale).clamp(-dtype_max(dtype), dtype_max(dtype)).to(dtype)
-        return cls(data, 1.0 / scale, row_amax.amax())
+        total = row_amax.amax() if x.shape[0] else torch.zeros((), dtype=torch.float32, device=x.device)
+        return cls(data, 1.0 / scale, total)
 
     @classmethod
     def zeros(cls, shape, dtype: torch.dtype, device=None) -> "Fp8Tensor":

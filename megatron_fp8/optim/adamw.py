@@ -6,6 +6,7 @@ per weight-decay group updates every tensor, requantizes each state with a fresh
 writes the new model weight where the master is separate (FP8 weights at O3, BF16 with ``--bf16``).
 """
 
+import zlib
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +27,12 @@ class AdamWSettings:
     eps: float = 1e-8
     weight_decay: float = 0.0
     margin: int = 0
+    seed: int = 0  # of the stochastic rounding's bits (--main-params-rounding stochastic)
+
+    @classmethod
+    def from_config(cls, config) -> "AdamWSettings":
+        t = config.training
+        return cls(t.adam_beta1, t.adam_beta2, t.adam_eps, t.weight_decay, config.precision.recipe.margin, t.seed)
 
 
 def _scaled_zeros(shape, dtype, device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -59,6 +66,10 @@ class ParamState:
         # plain FP16 storage (--fp16 compute) is no scaled kernel operand: the kernel updates the master
         # and the step copies it into the weight
         self.copy_back = self.master is not None and is_scaled(param.dtype) and info.scale_inv is None
+        # the FP16/BF16 master of an FP8 linear (the weight itself at O1/O2) may be stored stochastically
+        stored = self.master if self.master is not None else param
+        self.stochastic = (policy.master_rounding == "stochastic" and eligible
+                           and stored.dtype in (torch.float16, torch.bfloat16))
 
     def kernel_tensors(self, param: nn.Parameter) -> kernels.AdamWTensors:
         grad = param.main_grad
@@ -113,6 +124,9 @@ class Fp8AdamW:
                                        eps=s.eps, weight_decay=decay, step=self.step_count, grad_scale=grad_scale,
                                        margin=s.margin)
             tensors = [self.state[n].kernel_tensors(p) for n, p in group]
+            for (n, _), t in zip(group, tensors):
+                if self.state[n].stochastic:  # fresh bits per run seed, step and parameter; resumes repeat them
+                    t.master_sr_seed = zlib.crc32(f"{s.seed}:{self.step_count}:{n}".encode())
             if RECORDER.active:  # --fp8-stats-interval: the states this step stores, before it stores them
                 stats_points.adamw([(p, t) for (_, p), t in zip(group, tensors)], hyper)
             kernels.adamw_step(tensors, hyper)

@@ -243,17 +243,19 @@ def set_grads(a, b, dtype, step):
         x.grad_sinv = y.grad_sinv = scalar(0.5 if dtype in (E4M3, E5M2) else 1.0, x.master.device)
 
 
-def run_adamw(combo, sizes, steps=3, device="cpu"):
+def run_adamw(combo, sizes, steps=3, device="cpu", stochastic=False):
     ours = adamw_params(combo, sizes, device)
     theirs = clone_params(ours)
     for step in range(1, steps + 1):
         set_grads(ours, theirs, combo[1], step)
+        for k, (a, b) in enumerate(zip(ours, theirs)):
+            a.master_sr_seed = b.master_sr_seed = (0xFFFFFFF0 + 7 * step + k) % 2 ** 32 if stochastic else None
         hyper = AdamWHyper(lr=1e-3, weight_decay=0.1, step=step, grad_scale=0.75, margin=step % 2)
         kernels.adamw_step(ours, hyper)
         reference.adamw_step(theirs, hyper)
         for k, (a, b) in enumerate(zip(ours, theirs)):
             for field, value in vars(a).items():
-                if value is not None:
+                if isinstance(value, torch.Tensor):
                     assert_bitwise(value, getattr(b, field), f"step {step} param {k} {field}")
 
 
@@ -271,6 +273,25 @@ def test_adamw_every_combination(combo):
 def test_adamw_threaded_sizes(combo):
     """Sizes on the multi-threaded path with odd tails, several tensors in one call."""
     run_adamw(combo, sizes=(BIG, 1025), steps=2)
+
+
+@compiled
+@pytest.mark.parametrize("combo", [(F16, E4M3, E4M3, F16, E4M3), (F16, F32, F32, F32, None),
+                                   (BF16, BF16, F32, F32, E5M2), (F16, E5M2, BF16, BF16, BF16)])
+@pytest.mark.parametrize("sizes", [(127, 0, 1), (BIG, 1025)])
+def test_adamw_stochastic_master_bitwise(combo, sizes):
+    """Stochastic rounding of FP16/BF16 masters: the kernel's random bits and roundings equal the
+    reference's, on the serial and the multi-threaded path (element indices, not thread chunks, pick
+    the bits), with seeds near 2^32 (wrap-around)."""
+    run_adamw(combo, sizes=sizes, stochastic=True)
+
+
+@compiled
+def test_adamw_stochastic_rounding_needs_a_narrow_master():
+    t = adamw_params((F32, F32, F32, F32, None), (8,))[0]
+    t.grad, t.master_sr_seed = torch.zeros(8), 1
+    with pytest.raises(RuntimeError, match="stochastic rounding needs a float16 or bfloat16 master"):
+        kernels.adamw_step([t], AdamWHyper(lr=1e-3))
 
 
 @compiled

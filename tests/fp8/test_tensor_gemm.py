@@ -134,3 +134,12 @@ def test_fallback_when_scaled_mm_refuses(monkeypatch, caplog):
         fp8_gemm(a, b)
     assert rel(out, a.dequantize() @ b.dequantize().t()) < GEMM_RTOL
     assert sum("refused" in r.message for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize("shape", [(0, 16), (5, 0), (0, 0)])
+def test_rowwise_quantization_of_empty_tensors(shape):
+    """An empty shard (e.g. a TP rank's zero rows) quantizes to an empty payload with amax 0, as the
+    tensorwise path does, instead of failing in the amax reduction."""
+    t = Fp8Tensor.quantize_rowwise(torch.zeros(shape), torch.float8_e4m3fn)
+    assert t.data.shape == shape and t.data.dtype == torch.float8_e4m3fn
+    assert t.scale_inv.shape == (shape[0], 1) and float(t.amax) == 0.0

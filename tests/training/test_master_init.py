@@ -102,3 +102,34 @@ def test_o3_tracks_off_over_the_first_warmup_steps(monkeypatch):
     assert _largest_gap(o3, off) < 1e-3, [f"{100 * (x - r) / r:+.3f}%" for x, r in zip(o3, off)]
     assert off[-1] < 0.98 * off[0], "the tiny model does not learn in 10 steps: the comparison shows nothing"
     assert _largest_gap(_warmup_losses("O3", fp8_rounded_master=True), off) > 1e-3
+
+
+def test_o3_converted_from_off_tracks_off_over_the_warmup(tmp_path, monkeypatch):
+    """The same after a level conversion: an `off` checkpoint taken at step 1 of the warm-up, converted to
+    O3 (tools/convert_checkpoint.py), continues within the bound above of `off` continuing, and an O3
+    master rebuilt from the converted FP8 weight (the defect) does not."""
+    from ..helpers import load_script
+
+    dequantized_gemms(monkeypatch)
+    convert = load_script("tools/convert_checkpoint.py")
+    config = dict(lr=1e-3, lr_warmup_iters=30, global_batch_size=4, micro_batch_size=4)
+    data = PatternDataset(max_step=1)
+    off = Trainer(tiny_config("off", **config))
+    run_steps(off, data, 1)
+    off.save(str(tmp_path / "off"))
+    reference = run_steps(off, data, 9)
+    convert.main(["--load", str(tmp_path / "off"), "--save", str(tmp_path / "o3"), "--target-fp8-level", "O3"])
+
+    def o3_losses(fp8_rounded_master: bool) -> list[float]:
+        o3 = Trainer(tiny_config("O3", **config))
+        assert o3.load(str(tmp_path / "o3")) and o3.progress.iteration == 1
+        if fp8_rounded_master:
+            for name, p in o3.model.named_parameters():
+                st = o3.optimizer.state[name]
+                if st.master is not None:
+                    st.master, st.master_sinv = stored_copy(real_value(p), st.master.dtype)
+        return run_steps(o3, data, 9)
+
+    losses = o3_losses(False)
+    assert _largest_gap(losses, reference) < 1e-3, [f"{100 * (x - r) / r:+.3f}%" for x, r in zip(losses, reference)]
+    assert _largest_gap(o3_losses(True), reference) > 1e-3

@@ -12,7 +12,8 @@ namespace mfp8 {
 
 // One parameter of the multi-tensor AdamW step (the fields of reference.AdamWTensors). All buffers hold
 // `n` elements. A scale_inv pointer is used only for a scaled dtype: read for inputs, read and then
-// overwritten with the fresh scale_inv for outputs. `weight` may be null (no extra copy).
+// overwritten with the fresh scale_inv for outputs. `weight` may be null (no extra copy). With
+// master_sr the master is stored with stochastic rounding (numerics.h), random bits sr_bits(seed, i).
 struct AdamWParam {
   int64_t n;
   void* master;
@@ -30,6 +31,9 @@ struct AdamWParam {
   void* weight;
   DType weight_dtype;
   float* weight_sinv;
+  // Stochastic rounding of the master's store (F16 or BF16 master only): 0 = round to nearest even.
+  int32_t master_sr;
+  uint32_t master_sr_seed;
 };
 
 // ---- CPU (OpenMP) ----------------------------------------------------------------------------------

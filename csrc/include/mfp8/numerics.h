@@ -130,6 +130,49 @@ MFP8_HD uint16_t f32_to_bf16(float x) {
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Stochastic rounding (the master weight's optional write mode): |x| rounds up to the next representable
+// magnitude with probability (|x| - lower) / (upper - lower), resolved to 13 (FP16) or 16 (BF16) random
+// bits, so the expected stored value is x and an update far below half a step survives on average
+// instead of being rounded away. The random bits come from a counter-based hash of (seed, element
+// index): no state, the same bits on every thread split, on CPU and CUDA and in reference.sr_bits.
+
+// lowbias32 (a 32-bit integer finaliser) of seed + index * golden ratio.
+MFP8_HD uint32_t sr_bits(uint32_t seed, uint32_t index) {
+  uint32_t x = seed + index * 0x9E3779B9u;
+  x ^= x >> 16;
+  x *= 0x7FEB352Du;
+  x ^= x >> 15;
+  x *= 0x846CA68Bu;
+  x ^= x >> 16;
+  return x;
+}
+
+// FP16, saturating like f32_to_f16. Normal results: 13 random bits added below FP16's last mantissa bit,
+// then truncation (a carry may rebias into the next binade, and never past 65504: the clamped a is
+// 65504 exactly, whose low 13 bits are zero). Subnormal results: |x| in units of 2^-24 (exact) plus a
+// random fraction k * 2^-13, truncated (a float32 addition whose rounding the reference repeats).
+MFP8_HD uint16_t f32_to_f16_sr(float x, uint32_t r) {
+  const uint32_t u = f2u(x), sign = (u >> 16) & 0x8000u, a0 = u & 0x7FFFFFFFu;
+  const uint32_t a = a0 < 0x477FE000u ? a0 : 0x477FE000u;
+  const uint32_t noise = r & 0x1FFFu;
+  const uint32_t normal = ((a + noise) >> 13) - (112u << 10);
+  const uint32_t as = a < 0x38800000u ? a : 0x38800000u;  // keeps the (unused) float->int in range
+  const float units = u2f(as) * 16777216.0f + static_cast<float>(static_cast<int32_t>(noise)) * 0x1p-13f;
+  const uint32_t sub = static_cast<uint32_t>(static_cast<int32_t>(units));  // >= 0: truncation is floor
+  uint32_t v = select_bits(a < 0x38800000u, sub, normal);
+  v = select_bits(a0 > 0x7F800000u, 0x7E00u, v);
+  return static_cast<uint16_t>(v | sign);
+}
+
+// BF16 (plain storage, not saturating, like f32_to_bf16): 16 random bits below BF16's last bit, then
+// truncation; float32 subnormals are BF16 subnormals with the same step, so one rule covers every value.
+MFP8_HD uint16_t f32_to_bf16_sr(float x, uint32_t r) {
+  const uint32_t u = f2u(x);
+  const uint32_t v = (u + (r & 0xFFFFu)) >> 16;
+  return static_cast<uint16_t>((u & 0x7FFFFFFFu) > 0x7F800000u ? ((u >> 16) | 0x40u) : v);
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Narrow formats -> float32, exact. The stored bits are first shifted into float32's exponent/mantissa
 // position (w), so every later step is a 32-bit operation (gcc otherwise computes on bytes and widens
 // each intermediate separately). Normal values rebias the exponent with one add; subnormals are the
