@@ -27,7 +27,9 @@ Stored = tuple[torch.Tensor, torch.Tensor | None]  # payload and its scale_inv (
 class ParamInfo:
     """What the framework knows about one parameter beyond its values.
 
-    ``fp8_eligible``: a linear layer's weight (DESIGN §1), stored in the policy's weight dtype.
+    ``fp8_eligible``: a linear layer's weight (DESIGN §1), stored in the policy's weight dtype; not the
+    linears of the layers --first-last-layers-bf16 keeps out of FP8, which are stored like every other
+    parameter (compute dtype, FP32 gradient and moments: `off`'s states).
     ``partition_dim``: the dimension split across TP ranks; None when every TP rank holds all of it.
     ``tp_stacked``: how many stacked blocks (SwiGLU's gate and up) each TP shard holds a slice of.
     ``no_weight_decay``: AdamW skips its decoupled weight decay.

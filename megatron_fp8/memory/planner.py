@@ -72,12 +72,12 @@ def _stage_activations(config: Config, pp_rank: int, in_flight: int, cuda: bool)
     """One stage's activations: per micro-batch and over the schedule, without recomputation, with every
     layer recomputed, and as the config's --recompute-* flags say (kept in flight + one rebuilt region)."""
     pp = config.parallel.pipeline_model_parallel_size
-    layers = config.model.num_layers // pp
+    layers = act.stage_layers(config, pp_rank)  # FP8 or not, per layer (--first-last-layers-bf16)
     first, last = pp_rank == 0, pp_rank == pp - 1
     ends = (act.embedding_bytes(config, cuda) if first else 0) + (act.head_bytes(config, cuda) if last else 0)
-    one_layer = act.layer_bytes(config, cuda)
-    per_micro = layers * one_layer + ends
-    recompute = in_flight * (layers * act.layer_input_bytes(config) + ends) + one_layer
+    each = [act.layer_bytes(config, cuda, fp8=fp8) for fp8 in layers]
+    per_micro = sum(each) + ends
+    recompute = in_flight * (len(layers) * act.layer_input_bytes(config) + ends) + max(each)
     kept, rebuilt, saved_layers, rebuilt_layers = act.recompute_split(config, layers, cuda)
     rope = act.rope_bytes(config)
     return dict(activations_per_micro_batch=per_micro, activations_full=in_flight * per_micro,
