@@ -160,10 +160,26 @@ class PrecisionPolicy:
 
     def eligible_bytes_per_param(self, dp_size: int = 1, sharded: bool = False) -> float:
         """Model-state bytes per FP8-eligible parameter (the docs/design.md §1 table)."""
-        def size(dtype):
-            return torch.empty((), dtype=dtype).element_size() if dtype is not None else 0
-        states = size(self.master) + size(self.exp_avg) + size(self.exp_avg_sq)
-        return size(self.weight) + size(self.grad) + states / (dp_size if sharded else 1)
+        return _bytes_per_param(self.weight, self.grad, (self.master, self.exp_avg, self.exp_avg_sq),
+                                dp_size if sharded else 1)
+
+    def other_bytes_per_param(self, dp_size: int = 1, sharded: bool = False) -> float:
+        """Model-state bytes per parameter that is not FP8-eligible (a linear weight of the layers
+        --first-last-layers-bf16 keeps out of FP8 among them): compute-dtype weight, FP32 gradient and
+        moments, an FP32 master unless the compute dtype is FP32. `off`'s bytes: 16 in FP32, 18 in BF16/FP16."""
+        return _bytes_per_param(self.compute, torch.float32, (self.other_master, torch.float32, torch.float32),
+                                dp_size if sharded else 1)
+
+    @property
+    def other_master(self) -> torch.dtype | None:
+        """The master of a parameter that is not FP8-eligible: FP32 unless its compute-dtype storage is FP32."""
+        return None if self.compute == torch.float32 else torch.float32
+
+
+def _bytes_per_param(weight, grad, states, shards: int) -> float:
+    def size(dtype):
+        return dtype.itemsize if dtype is not None else 0
+    return size(weight) + size(grad) + sum(size(d) for d in states) / shards
 
 
 @dataclass
@@ -220,6 +236,11 @@ class PrecisionConfig:
         --first-last-layers-bf16 (Megatron's ``is_first_last_bf16_layer``)."""
         return self.first_last_layers_bf16 and (layer < self.num_layers_at_start_in_bf16
                                                 or layer >= num_layers - self.num_layers_at_end_in_bf16)
+
+    def first_last_note(self) -> str:
+        """What --first-last-layers-bf16 keeps out of FP8, for the start-up log and the planner."""
+        return (f"first {self.num_layers_at_start_in_bf16} and last {self.num_layers_at_end_in_bf16} transformer "
+                "layers out of FP8 (--first-last-layers-bf16: compute-dtype linears, --fp8-level off's states)")
 
     def at_level(self, level: str) -> "PrecisionConfig":
         """The same settings at another level: explicit dtype overrides belong to the level they were chosen

@@ -34,9 +34,9 @@ class _ParallelLinear(nn.Module):
         full = init_normal((out_features, in_features), std, config.training.seed, f"{name}.weight")
         full = _interleave_for_tp(full, stacked, tp) if self.partition_dim == 0 else full
         # shards hold a slice of every stacked block (see _interleave_for_tp)
-        self.weight = make_parameter(full, policy=policy, fp8_eligible=fp8, device=device,
-                                     partition_dim=self.partition_dim, tp_rank=pstate.tp_rank, tp_size=tp,
-                                     stacked=stacked)
+        self.weight = make_parameter(full, policy=policy, fp8_eligible=fp8, high_precision_layer=not fp8,
+                                     device=device, partition_dim=self.partition_dim, tp_rank=pstate.tp_rank,
+                                     tp_size=tp, stacked=stacked)
         self.pstate = pstate
         self.sequence_parallel = config.parallel.sequence_parallel and tp > 1
         self.bias = None

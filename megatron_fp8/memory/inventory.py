@@ -38,7 +38,8 @@ def _layer(config: Config, index: int, tp: int) -> list[ParamSpec]:
         return out + ([ParamSpec(f"{prefix}.{name}.bias", (h,))] if m.normalization == "LayerNorm" else [])
 
     def linear(name, rows, cols, bias_rows, bias=m.add_bias_linear):
-        out = [ParamSpec(f"{prefix}.{name}.weight", (rows, cols), ParamInfo(fp8_eligible=fp8))]
+        info = ParamInfo(fp8_eligible=fp8, high_precision_layer=not fp8)
+        out = [ParamSpec(f"{prefix}.{name}.weight", (rows, cols), info)]
         return out + ([ParamSpec(f"{prefix}.{name}.bias", (bias_rows,))] if bias else [])
 
     qkv, attn = m.qkv_size // tp, m.num_attention_heads * m.head_dim // tp  # GQA: fewer K/V rows
