@@ -68,6 +68,9 @@ DIST_CASES = {
     # global layer numbers: stage 0 holds layers 0 and 1 (both high precision), stage 1 layers 2 (FP8) and 3
     "TP2xPP2+SP O2 first-last 2+1": ("O2", 2, 2, True, False, dict(
         num_layers=4, first_last_layers_bf16=True, num_layers_at_start_in_bf16=2)),
+    # the kept layers' FP32 masters (BF16 compute) sharded by the distributed optimizer with the rest
+    "DP4 O3 bf16 distopt first-last": ("O3", 1, 1, False, True, dict(bf16=True, num_layers=4,
+                                                                      first_last_layers_bf16=True)),
     "TP2xDP2+SP O1 gqa": ("O1", 2, 1, True, False, dict(
         num_attention_heads=8, group_query_attention=True, num_query_groups=4, kv_channels=12, add_qkv_bias=True,
         position_embedding_type="rope", rotary_percent=0.5)),

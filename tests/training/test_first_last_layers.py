@@ -96,11 +96,11 @@ def test_dtypes_and_bytes_per_layer(level, bf16):
     assert abs(plan.planned_linear_bytes_per_param - want_linear) < 1e-3  # the FP8 side adds its scales
 
 
-@pytest.mark.parametrize("bf16", [False, True])
-def test_high_precision_layer_computes_as_off(bf16):
+@pytest.mark.parametrize("level,bf16", [("gemm", False), ("O2", False), ("O3", False), ("O2", True)])
+def test_high_precision_layer_computes_as_off(level, bf16):
     """The same initialisation as `off`: a kept layer's output equals the `off` model's layer bit for bit,
     its linears are plain F.linear; an FP8 layer's output differs."""
-    fp8, off = Trainer(flagged("O2", bf16=bf16)), Trainer(flagged("off", bf16=bf16))
+    fp8, off = Trainer(flagged(level, bf16=bf16)), Trainer(flagged("off", bf16=bf16))
     compute = torch.bfloat16 if bf16 else torch.float32
     x = torch.randn(32, 2, 64, generator=torch.Generator().manual_seed(1)).to(compute)
     for model in (fp8.model, off.model):
@@ -116,7 +116,7 @@ def test_high_precision_layer_computes_as_off(bf16):
 def test_training_with_the_flag_learns(dataset):
     trainer = Trainer(flagged("O2"))
     before = trainer.model.decoder.layers[0].mlp.linear_fc1.weight.detach().clone()
-    losses = run_steps(trainer, dataset, 20)
+    losses = run_steps(trainer, dataset, 12)
     assert all(torch.isfinite(torch.tensor(losses))) and sum(losses[-3:]) < 0.9 * sum(losses[:3])
     assert not torch.equal(trainer.model.decoder.layers[0].mlp.linear_fc1.weight, before)
     g = trainer.model.decoder.layers[0].mlp.linear_fc1.weight.main_grad
@@ -224,6 +224,17 @@ def test_conversion_between_settings_keeps_values(tmp_path, dataset):
         for key in ("param", "exp_avg", "exp_avg_sq"):
             assert torch.equal(_real_state(again, name, key), _real_state(plain, name, key)), (name, key)
     assert Trainer(flagged("O2")).load(str(tmp_path / "again"))
+
+    _convert(tmp_path / "flag", tmp_path / "o3", "--target-fp8-level", "O3")  # the flag carries over
+    o3 = read_universal(str(tmp_path / "o3"))
+    assert o3["config"]["precision"]["first_last_layers_bf16"] is True
+    for name in kept:  # FP32 in both
+        for key in ("param", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(_real_state(o3, name, key), _real_state(src, name, key)), (name, key)
+    for name in middle:  # O3: FP8 weight, its FP16 master from the source's FP16 value
+        assert torch.equal(_real_state(o3, name, "param"), _requantized(src["params"][name], E4M3))
+        assert torch.equal(_real_state(o3, name, "master"), _requantized(src["params"][name], torch.float16))
+    assert Trainer(flagged("O3")).load(str(tmp_path / "o3"))
 
     _convert(tmp_path / "flag", tmp_path / "off", "--target-fp8-level", "off")
     off = read_universal(str(tmp_path / "off"))
