@@ -9,9 +9,6 @@ layer computes, a short training run, validation messages, resume, and conversio
 the trainer's, also under TP2xPP2: tests/test_memory_plan.py.)
 """
 
-import os
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -27,10 +24,9 @@ from megatron_fp8.layers.weights import param_info, stored_copy
 from megatron_fp8.memory import plan_memory
 from megatron_fp8.training import Trainer
 
-from ..helpers import run_steps, tiny_config
+from ..helpers import load_script, run_steps, tiny_config
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
-import convert_checkpoint  # noqa: E402
+convert_checkpoint = load_script("tools/convert_checkpoint.py")
 
 LINEARS = ("self_attention.linear_qkv", "self_attention.linear_proj", "mlp.linear_fc1", "mlp.linear_fc2")
 FP8_STATES = {  # (weight, grad, master, exp_avg, exp_avg_sq) of the FP8 layers (docs/design.md §1)
@@ -124,10 +120,10 @@ def test_training_with_the_flag_learns(dataset):
 
 
 @pytest.mark.parametrize("change,message", [
-    (dict(fp8_level="off", first_last_layers_bf16=True), "--first-last-layers-bf16 needs an FP8 level"),
-    (dict(num_layers_at_start_in_bf16=2), "--num-layers-at-start-in-bf16 2 needs --first-last-layers-bf16"),
-    (dict(num_layers_at_end_in_bf16=0), "--num-layers-at-end-in-bf16 0 needs --first-last-layers-bf16"),
-    (dict(first_last_layers_bf16=True, num_layers_at_start_in_bf16=-1), "--num-layers-at-start-in-bf16 must be"),
+    ({"fp8_level": "off", "first_last_layers_bf16": True}, "--first-last-layers-bf16 needs an FP8 level"),
+    ({"num_layers_at_start_in_bf16": 2}, "--num-layers-at-start-in-bf16 2 needs --first-last-layers-bf16"),
+    ({"num_layers_at_end_in_bf16": 0}, "--num-layers-at-end-in-bf16 0 needs --first-last-layers-bf16"),
+    ({"first_last_layers_bf16": True, "num_layers_at_start_in_bf16": -1}, "--num-layers-at-start-in-bf16 must be"),
 ])
 def test_precision_flags_are_validated(change, message):
     with pytest.raises(ValueError, match=message):
