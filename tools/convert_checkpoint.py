@@ -47,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def convert(args) -> str:
+    layers = [f for f, v in (("--[no-]target-first-last-layers-bf16", args.target_first_last_layers_bf16),
+                              ("--target-num-layers-at-start-in-bf16", args.target_num_layers_at_start_in_bf16),
+                              ("--target-num-layers-at-end-in-bf16", args.target_num_layers_at_end_in_bf16))
+              if v is not None]
+    if (args.hf_import or args.hf_export) and layers:
+        raise SystemExit(f"convert_checkpoint.py: {', '.join(layers)} convert megatron_fp8 checkpoints; import "
+                         "first, then convert the imported checkpoint")
     if args.hf_import or args.hf_export:
         from megatron_fp8.checkpoint import hf
 

@@ -30,6 +30,7 @@ MODEL_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_
 RESOLVED_FIELDS = {"kv_channels": "head_dim", "num_query_groups": "query_groups"}
 PRECISION_FIELDS = ("fp8_level", "bf16", "fp16", "main_params_dtype", "exp_avg_dtype", "exp_avg_sq_dtype",
                     "first_last_layers_bf16", "num_layers_at_start_in_bf16", "num_layers_at_end_in_bf16")
+RECIPE_FIELDS = ("format", "recipe", "amax_history_len")  # Fp8Recipe fields, flags --fp8-<field>
 # the precision fields tools/convert_checkpoint.py can change, with its flags
 TARGET_FLAGS = {"fp8_level": "--target-fp8-level", "first_last_layers_bf16": "--target-first-last-layers-bf16",
                 "num_layers_at_start_in_bf16": "--target-num-layers-at-start-in-bf16",
@@ -42,7 +43,6 @@ _CONVERTER_FLAGS = {"--tensor-model-parallel-size": "--target-tensor-parallel-si
 def as_converter_flags(message: str) -> str:
     """A validation message with the training flags it names renamed to the converter's --target-* ones."""
     return re.sub(r"(?<![\w-])--[a-z0-9-]+", lambda m: _CONVERTER_FLAGS.get(m.group(0), m.group(0)), message)
-RECIPE_FIELDS = ("format", "recipe", "amax_history_len")  # Fp8Recipe fields, flags --fp8-<field>
 
 
 def model_state(model: torch.nn.Module, pstate: ParallelState, config: Config) -> dict:

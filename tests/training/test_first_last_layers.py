@@ -270,3 +270,6 @@ def test_converter_names_its_own_flags(tmp_path, dataset):
     with pytest.raises(SystemExit, match=r"--target-num-layers-at-start-in-bf16 4 \+ --target-num-layers-at-end-in-"
                                          r"bf16 1 exceed --num-layers 4"):
         _convert(tmp_path / "src", tmp_path / "bad", "--target-num-layers-at-start-in-bf16", "4")
+    with pytest.raises(SystemExit, match="--target-num-layers-at-end-in-bf16 convert megatron_fp8 checkpoints"):
+        convert_checkpoint.main(["--hf-export", str(tmp_path / "hf"), "--load", str(tmp_path / "src"),
+                                 "--target-num-layers-at-end-in-bf16", "0"])
