@@ -5,7 +5,7 @@ into a :class:`PrecisionPolicy` — plain data that the layers and the optimizer
 branches on the level name.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -162,10 +162,26 @@ class PrecisionPolicy:
 
     def eligible_bytes_per_param(self, dp_size: int = 1, sharded: bool = False) -> float:
         """Model-state bytes per FP8-eligible parameter (the docs/design.md §1 table)."""
-        def size(dtype):
-            return torch.empty((), dtype=dtype).element_size() if dtype is not None else 0
-        states = size(self.master) + size(self.exp_avg) + size(self.exp_avg_sq)
-        return size(self.weight) + size(self.grad) + states / (dp_size if sharded else 1)
+        return _bytes_per_param(self.weight, self.grad, (self.master, self.exp_avg, self.exp_avg_sq),
+                                dp_size if sharded else 1)
+
+    def other_bytes_per_param(self, dp_size: int = 1, sharded: bool = False) -> float:
+        """Model-state bytes per parameter that is not FP8-eligible (a linear weight of the layers
+        --first-last-layers-bf16 keeps out of FP8 among them): compute-dtype weight, FP32 gradient and
+        moments, an FP32 master unless the compute dtype is FP32. `off`'s bytes: 16 in FP32, 18 in BF16/FP16."""
+        return _bytes_per_param(self.compute, torch.float32, (self.other_master, torch.float32, torch.float32),
+                                dp_size if sharded else 1)
+
+    @property
+    def other_master(self) -> torch.dtype | None:
+        """The master of a parameter that is not FP8-eligible: FP32 unless its compute-dtype storage is FP32."""
+        return None if self.compute == torch.float32 else torch.float32
+
+
+def _bytes_per_param(weight, grad, states, shards: int) -> float:
+    def size(dtype):
+        return dtype.itemsize if dtype is not None else 0
+    return size(weight) + size(grad) + sum(size(d) for d in states) / shards
 
 
 @dataclass
@@ -190,17 +206,56 @@ class PrecisionConfig:
     min_loss_scale: float = flag(1.0, "the dynamic loss scale never goes below this", bounds=POSITIVE)
     loss_scale_window: int = flag(1000, "successful steps before the dynamic loss scale doubles", bounds=POSITIVE)
     hysteresis: int = flag(2, "overflows tolerated before the dynamic loss scale halves", bounds=POSITIVE)
+    # Megatron's high-precision first and last transformer layers (docs/design.md §7)
+    first_last_layers_bf16: bool = flag(False, "keep the first --num-layers-at-start-in-bf16 and the last "
+                                               "--num-layers-at-end-in-bf16 transformer layers out of FP8: their "
+                                               "linears run in the compute dtype and keep --fp8-level off's states")
+    num_layers_at_start_in_bf16: int = flag(1, "transformer layers at the start kept out of FP8 with "
+                                               "--first-last-layers-bf16", bounds=NON_NEGATIVE)
+    num_layers_at_end_in_bf16: int = flag(1, "transformer layers at the end kept out of FP8 with "
+                                             "--first-last-layers-bf16", bounds=NON_NEGATIVE)
 
     def __post_init__(self):
         check_fields(self)
         if self.fp16 and self.bf16:
             raise ValueError("--fp16 and --bf16: choose one compute dtype")
+        self._check_first_last_layers()
         if self.grad_reduce_dtype == "fp8" and self.fp8_level in ("off", "gemm"):
             raise ValueError("--grad-reduce-dtype fp8 needs FP8 weight gradients (--fp8-level O1, O2 or O3)")
         if self.grad_reduce_dtype in ("fp32", "bf16") and self.fp8_level in ("O1", "O2", "O3"):
             raise ValueError(f"--grad-reduce-dtype {self.grad_reduce_dtype} is for the baselines: --fp8-level "
                              f"{self.fp8_level} keeps FP8 weight gradients, which are reduced in FP8")
         self.policy  # resolve once so bad combinations fail here
+
+    def _check_first_last_layers(self) -> None:
+        if self.first_last_layers_bf16 and self.fp8_level == "off":
+            raise ValueError("--first-last-layers-bf16 needs an FP8 level (--fp8-level gemm, O1, O2 or O3): at "
+                             "--fp8-level off no layer is in FP8")
+        if not self.first_last_layers_bf16:
+            for name in ("num_layers_at_start_in_bf16", "num_layers_at_end_in_bf16"):
+                if getattr(self, name) != 1:
+                    raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)} needs "
+                                     "--first-last-layers-bf16")
+
+    def high_precision_layer(self, layer: int, num_layers: int) -> bool:
+        """Whether transformer layer ``layer`` (global, 0-based, as in checkpoints) stays out of FP8 with
+        --first-last-layers-bf16 (Megatron's ``is_first_last_bf16_layer``)."""
+        return self.first_last_layers_bf16 and (layer < self.num_layers_at_start_in_bf16
+                                                or layer >= num_layers - self.num_layers_at_end_in_bf16)
+
+    def first_last_note(self) -> str:
+        """What --first-last-layers-bf16 keeps out of FP8, for the start-up log and the planner."""
+        return (f"first {self.num_layers_at_start_in_bf16} and last {self.num_layers_at_end_in_bf16} transformer "
+                "layers out of FP8 (--first-last-layers-bf16: compute-dtype linears, --fp8-level off's states)")
+
+    def at_level(self, level: str) -> "PrecisionConfig":
+        """The same settings at another level: explicit dtype overrides belong to the level they were chosen
+        for and are dropped; --first-last-layers-bf16 is kept where the level has FP8 layers."""
+        keep_layers = self.first_last_layers_bf16 and level != "off"
+        return replace(self, fp8_level=level, main_params_dtype=None, exp_avg_dtype=None, exp_avg_sq_dtype=None,
+                       grad_reduce_dtype=None, first_last_layers_bf16=keep_layers,
+                       num_layers_at_start_in_bf16=self.num_layers_at_start_in_bf16 if keep_layers else 1,
+                       num_layers_at_end_in_bf16=self.num_layers_at_end_in_bf16 if keep_layers else 1)
 
     @property
     def policy(self) -> PrecisionPolicy:
@@ -411,7 +466,7 @@ class Config:
         training, the memory planner, the checkpoint converter and Hugging Face import); returns the
         data-parallel size. Rules on single flags live in each dataclass (``check_fields``). ``batch=False``
         leaves out the batch rule (checkpoint conversion has no batch)."""
-        m, p, t = self.model, self.parallel, self.training
+        m, p, t, pr = self.model, self.parallel, self.training, self.precision
         tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
         if world_size < 1:
             raise ValueError(f"world size must be positive, got {world_size}")
@@ -433,6 +488,15 @@ class Config:
             (t.recompute_num_layers is None or t.recompute_num_layers <= max(1, m.num_layers // pp),
              f"--recompute-num-layers {t.recompute_num_layers} must be between 1 and the layers per pipeline "
              f"stage ({m.num_layers // pp})"),
+            # Megatron's rule for each count (TransformerConfig), and together at most every layer
+            *((getattr(pr, n) <= m.num_layers // pp,
+               (f"--{n.replace('_', '-')} {getattr(pr, n)} must be between 0 and the layers per pipeline stage "
+                f"({m.num_layers // pp})")) for n in ("num_layers_at_start_in_bf16", "num_layers_at_end_in_bf16")
+              if pr.first_last_layers_bf16),
+            (not pr.first_last_layers_bf16
+             or pr.num_layers_at_start_in_bf16 + pr.num_layers_at_end_in_bf16 <= m.num_layers,
+             (f"--num-layers-at-start-in-bf16 {pr.num_layers_at_start_in_bf16} + --num-layers-at-end-in-bf16 "
+              f"{pr.num_layers_at_end_in_bf16} exceed --num-layers {m.num_layers} (--first-last-layers-bf16)")),
             # fc2's input columns, and each of SwiGLU's two fc1 blocks
             (m.ffn_hidden_size % tp == 0,
              f"--ffn-hidden-size {m.ffn_hidden_size} is not divisible by --tensor-model-parallel-size {tp}"),

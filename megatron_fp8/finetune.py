@@ -15,7 +15,8 @@ import os
 
 from .checkpoint.tracker import iteration_dir
 from .checkpoint.distributed import METADATA, read_metadata
-from .checkpoint.state import MODEL_FIELDS, PRECISION_FIELDS, config_summary
+from .checkpoint.state import (MODEL_FIELDS, config_summary, precision_differs, saved_precision,
+                               target_precision_flags)
 from .checkpoint.universal import assign_model, read_universal
 
 
@@ -32,11 +33,6 @@ def _check_model(saved: dict, config, source: str) -> None:
             if old != new:
                 flag = "--" + key.replace("_", "-") if key != "vocab_size" else "the tokenizer's vocabulary"
                 raise ValueError(f"{source}: checkpoint was saved with {flag}={old!r}, this run has {new!r}")
-
-
-def _precision_differs(saved: dict, config) -> list[str]:
-    current = config_summary(config)["precision"]
-    return [k for k in PRECISION_FIELDS if saved.get(k) != current[k]]
 
 
 def finetune_from(trainer, root: str) -> int:
@@ -60,22 +56,22 @@ def load_checkpoint(trainer, root: str, printer=print) -> bool:
             raise ValueError(f"--finetune: --load {root} holds no checkpoint (no latest_checkpointed_iteration.txt)")
         return False
     directory, metadata = found
+    saved = metadata["config"]["precision"]
     if t.finetune:
-        saved = metadata["config"]["precision"]
         iteration = finetune_from(trainer, root)
         printer(f" > fine-tuning from {directory} (saved at iteration {iteration}, --fp8-level "
                 f"{saved['fp8_level']}, TP{metadata['layout']['tp']} PP{metadata['layout']['pp']}): weights loaded "
                 f"into --fp8-level {trainer.config.precision.fp8_level}; iteration, optimizer, learning-rate "
                 "schedule, RNG and data position start fresh")
         return True
-    differs = _precision_differs(metadata["config"]["precision"], trainer.config)
+    differs = precision_differs(saved, trainer.config)
     if differs:
         key = differs[0]
-        old, new = metadata["config"]["precision"].get(key), getattr(trainer.config.precision, key)
-        flag = "--" + key.replace("_", "-")
+        old, new = saved_precision(saved, key), getattr(trainer.config.precision, key)
+        level, flag = trainer.config.precision.fp8_level, "--" + key.replace("_", "-")
         raise ValueError(f"{os.path.join(directory, METADATA)}: checkpoint was saved with {flag}={old!r}, this run "
                          f"has {flag}={new!r}. Fine-tune from it with --finetune (converts on load), or convert it "
-                         f"first: tools/convert_checkpoint.py --load {root} --save NEW_DIR --target-fp8-level "
-                         f"{trainer.config.precision.fp8_level}")
+                         f"first: tools/convert_checkpoint.py --load {root} --save NEW_DIR"
+                         f"{target_precision_flags(saved, trainer.config) or ' --target-fp8-level ' + level}")
     trainer.load(root, load_optim=not t.no_load_optim, load_rng=not t.no_load_rng)
     return True

@@ -304,8 +304,13 @@ def print_startup(trainer: Trainer, printer) -> None:
             f"rounding) | exp_avg {policy.exp_avg} | "
             f"exp_avg_sq {policy.exp_avg_sq} | grad reduce {policy.grad_reduce} | recipe "
             f"{cfg.precision.recipe.recipe}/{cfg.precision.recipe.format}")
+    dp, sharded = trainer.pstate.dp_size, cfg.parallel.use_distributed_optimizer
     printer(f" > theoretical model-state bytes per FP8-eligible parameter: "
-            f"{policy.eligible_bytes_per_param(trainer.pstate.dp_size, cfg.parallel.use_distributed_optimizer):g}")
+            f"{policy.eligible_bytes_per_param(dp, sharded):g}")
+    if cfg.precision.first_last_layers_bf16:
+        high = sum(p.numel() for p in trainer.params if param_info(p).high_precision_layer)
+        printer(f" > {cfg.precision.first_last_note()}: {high} linear parameters on this rank at "
+                f"{policy.other_bytes_per_param(dp, sharded):g} bytes each")
 
 
 def _log_record(trainer: Trainer, window: list, flops_per_token: float) -> dict:

@@ -52,10 +52,25 @@ CASES = {
     "O3 recompute selective rope dropout": ("O3", 1, 1, False, False, dict(
         position_embedding_type="rope", attention_dropout=0.1, recompute_granularity="selective")),
     "off recompute selective": ("off", 1, 1, False, False, dict(recompute_granularity="selective")),
+    # --first-last-layers-bf16: the first and last layers' linears at off's bytes and activations
+    "O2 first-last bf16": ("O2", 1, 1, False, False, dict(num_layers=4, first_last_layers_bf16=True)),
+    "O3 bf16 first-last 2+0 recompute uniform": ("O3", 1, 1, False, False, dict(
+        bf16=True, num_layers=4, first_last_layers_bf16=True, num_layers_at_start_in_bf16=2,
+        num_layers_at_end_in_bf16=0, recompute_granularity="full", recompute_method="uniform",
+        recompute_num_layers=3)),
+    "O1 first-last bf16 recompute block dropout": ("O1", 1, 1, False, False, dict(
+        num_layers=3, hidden_dropout=0.1, first_last_layers_bf16=True, recompute_granularity="full",
+        recompute_method="block", recompute_num_layers=2)),
 }
 DIST_CASES = {
     "TP2xDP2+SP O2 distopt dropout": ("O2", 2, 1, True, True, dict(hidden_dropout=0.1, attention_dropout=0.1)),
     "TP2xPP2+SP O3 untied": ("O3", 2, 2, True, False, dict(untie_embeddings_and_output_weights=True)),
+    # global layer numbers: stage 0 holds layers 0 and 1 (both high precision), stage 1 layers 2 (FP8) and 3
+    "TP2xPP2+SP O2 first-last 2+1": ("O2", 2, 2, True, False, dict(
+        num_layers=4, first_last_layers_bf16=True, num_layers_at_start_in_bf16=2)),
+    # the kept layers' FP32 masters (BF16 compute) sharded by the distributed optimizer with the rest
+    "DP4 O3 bf16 distopt first-last": ("O3", 1, 1, False, True, dict(bf16=True, num_layers=4,
+                                                                      first_last_layers_bf16=True)),
     "TP2xDP2+SP O1 gqa": ("O1", 2, 1, True, False, dict(
         num_attention_heads=8, group_query_attention=True, num_query_groups=4, kv_channels=12, add_qkv_bias=True,
         position_embedding_type="rope", rotary_percent=0.5)),
@@ -71,6 +86,9 @@ def make_config(level, tp, pp, sp, distopt, changes, world: int = 1) -> Config:
     cfg.precision.fp16 = changes.pop("fp16", False)
     cfg.precision.loss_scale = changes.pop("loss_scale", None)
     cfg.precision.recipe.recipe = changes.pop("recipe", "delayed")
+    for key in ("first_last_layers_bf16", "num_layers_at_start_in_bf16", "num_layers_at_end_in_bf16"):
+        if key in changes:
+            setattr(cfg.precision, key, changes.pop(key))
     for key, value in changes.items():
         setattr(cfg.training if key.startswith("recompute_") else cfg.model, key, value)
     cfg.model.ffn_hidden_size = 4 * cfg.model.hidden_size

@@ -116,7 +116,7 @@ def _settings(config, args) -> str:
 def _with_level(config, level):
     """The same run at another level (explicit dtype overrides belong to the chosen level only)."""
     out = copy.deepcopy(config)
-    out.precision = type(config.precision)(fp8_level=level, bf16=config.precision.bf16, recipe=config.precision.recipe)
+    out.precision = config.precision.at_level(level)
     return out
 
 

@@ -28,7 +28,13 @@ from ..fsutil import DiskFullError, file_sha256, naming_write_errors, remove_qui
 from ..parallel import comm
 from ..parallel.state import ParallelState
 from . import safe_load
-from .state import FORMAT, check_config, config_summary, set_rng_state
+from .state import (
+    FORMAT,
+    check_config,
+    config_summary,
+    set_rng_state,
+    target_precision_flags,
+)
 from .tracker import (
     METADATA,
     TRACKER,
@@ -212,9 +218,7 @@ def converter_command(root: str, saved: dict, config: Config, here: dict) -> str
            f"--target-tensor-parallel-size {here['tp']} --target-pipeline-parallel-size {here['pp']}")
     if here["distributed_optimizer"]:
         cmd += f" --target-data-parallel-size {here['dp']} --target-use-distributed-optimizer"
-    if saved.get("config", {}).get("precision", {}).get("fp8_level", config.precision.fp8_level) \
-            != config.precision.fp8_level:
-        cmd += f" --target-fp8-level {config.precision.fp8_level}"
+    cmd += target_precision_flags(saved.get("config", {}).get("precision", {}), config)
     return f"{cmd}, then resume with --load {target} --save {target}"
 
 

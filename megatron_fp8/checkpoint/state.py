@@ -7,6 +7,7 @@ Each parameter also records its layout-free name and how it is split, so tools c
 """
 
 import random
+import re
 from dataclasses import asdict
 
 import numpy as np
@@ -27,8 +28,21 @@ MODEL_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_
                 "rope_scaling_factor", "apply_layernorm_1p")
 # The attention shape as resolved (--kv-channels and --num-query-groups default from the other fields).
 RESOLVED_FIELDS = {"kv_channels": "head_dim", "num_query_groups": "query_groups"}
-PRECISION_FIELDS = ("fp8_level", "bf16", "fp16", "main_params_dtype", "exp_avg_dtype", "exp_avg_sq_dtype")
+PRECISION_FIELDS = ("fp8_level", "bf16", "fp16", "main_params_dtype", "exp_avg_dtype", "exp_avg_sq_dtype",
+                    "first_last_layers_bf16", "num_layers_at_start_in_bf16", "num_layers_at_end_in_bf16")
 RECIPE_FIELDS = ("format", "recipe", "amax_history_len")  # Fp8Recipe fields, flags --fp8-<field>
+# the precision fields tools/convert_checkpoint.py can change, with its flags
+TARGET_FLAGS = {"fp8_level": "--target-fp8-level", "first_last_layers_bf16": "--target-first-last-layers-bf16",
+                "num_layers_at_start_in_bf16": "--target-num-layers-at-start-in-bf16",
+                "num_layers_at_end_in_bf16": "--target-num-layers-at-end-in-bf16"}
+_CONVERTER_FLAGS = {"--tensor-model-parallel-size": "--target-tensor-parallel-size",
+                    "--pipeline-model-parallel-size": "--target-pipeline-parallel-size",
+                    **{"--" + k.replace("_", "-"): v for k, v in TARGET_FLAGS.items()}}
+
+
+def as_converter_flags(message: str) -> str:
+    """A validation message with the training flags it names renamed to the converter's --target-* ones."""
+    return re.sub(r"(?<![\w-])--[a-z0-9-]+", lambda m: _CONVERTER_FLAGS.get(m.group(0), m.group(0)), message)
 
 
 def model_state(model: torch.nn.Module, pstate: ParallelState, config: Config) -> dict:
@@ -146,12 +160,35 @@ def check_config(saved: dict, config: Config, source: str) -> None:
                              f"{flag}={value!r}; resume with the checkpoint's {flag}")
 
 
+def saved_precision(saved: dict, key: str):
+    """A precision field of a checkpoint's config summary; fields newer than the checkpoint take their default."""
+    return saved.get(key, PrecisionConfig.__dataclass_fields__[key].default)
+
+
+def precision_differs(saved: dict, config: Config) -> list[str]:
+    """The PRECISION_FIELDS in which a checkpoint's ``saved`` precision section and ``config`` disagree."""
+    return [k for k in PRECISION_FIELDS if saved_precision(saved, k) != getattr(config.precision, k)]
+
+
+def target_precision_flags(saved: dict, config: Config) -> str:
+    """The converter's --target-* flags that turn a checkpoint of ``saved`` precision into ``config``'s."""
+    out = ""
+    for key in precision_differs(saved, config):
+        value = getattr(config.precision, key)
+        if key == "first_last_layers_bf16":
+            out += f" {TARGET_FLAGS[key]}" if value else f" --no-{TARGET_FLAGS[key][2:]}"
+        elif key in TARGET_FLAGS:
+            out += f" {TARGET_FLAGS[key]} {value}"
+    return out
+
+
 def config_from_summary(summary: dict, fp8_level: str | None = None) -> Config:
     """Rebuild the model/precision/parallel config a checkpoint was written with (optionally at another
-    precision level; explicit dtype overrides are dropped then, so the level's defaults apply)."""
-    precision = dict(summary["precision"])
+    precision level: ``PrecisionConfig.at_level``)."""
+    precision = {k: v for k, v in summary["precision"].items() if k in PrecisionConfig.__dataclass_fields__}
     recipe = Fp8Recipe(**precision.pop("recipe"))
-    if fp8_level is not None and fp8_level != precision["fp8_level"]:
-        precision = {"fp8_level": fp8_level, "bf16": precision["bf16"], "fp16": precision.get("fp16", False)}
+    config = PrecisionConfig(recipe=recipe, **precision)
+    if fp8_level is not None and fp8_level != config.fp8_level:
+        config = config.at_level(fp8_level)
     return Config(model=ModelConfig(**summary["model"]), parallel=ParallelConfig(**summary["parallel"]),
-                  precision=PrecisionConfig(recipe=recipe, **precision))
+                  precision=config)

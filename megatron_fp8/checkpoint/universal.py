@@ -22,7 +22,7 @@ from ..parallel.state import ParallelState
 from .distributed import _write, model_file, optim_file, read_file, read_metadata, write_metadata
 from .names import global_name, resize_vocab, shard, unshard
 from .paths import no_checkpoint_message
-from .state import FORMAT, config_summary, model_state
+from .state import FORMAT, as_converter_flags, config_summary, model_state
 from .tracker import iteration_dir, publish, staging_dir
 
 VOCAB_ROWS = ("embedding.word_embeddings.weight", "output_layer.weight")
@@ -113,10 +113,7 @@ def prepare_target(config: Config, saved_model: dict, tp: int, pp: int, dp: int,
     try:
         config.validate_layout(tp * pp * dp, batch=False)
     except ValueError as err:  # name the converter's flags, not the training ones
-        message = str(err)
-        for flag in ("tensor-model-parallel-size", "pipeline-model-parallel-size"):
-            message = message.replace(f"--{flag}", f"--target-{flag.replace('-model', '')}")
-        raise ValueError(message) from None
+        raise ValueError(as_converter_flags(str(err))) from None
 
 
 def write_layout(universal: dict, config: Config, tp: int, pp: int, dp: int, root: str,

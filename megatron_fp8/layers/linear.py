@@ -2,7 +2,9 @@
 
 ``ColumnParallelLinear`` holds output rows ``[out/tp, in]``; ``RowParallelLinear`` holds input
 columns ``[out, in/tp]``. The GEMM is the FP8 linear whenever the policy runs GEMMs in FP8, whatever the
-weight's storage (compute dtype at ``gemm``, FP16 + scale at O1/O2, FP8 at O3).
+weight's storage (compute dtype at ``gemm``, FP16 + scale at O1/O2, FP8 at O3), except in a layer kept out
+of FP8 (``fp8=False``, --first-last-layers-bf16): its weight is not FP8-eligible and it runs ``F.linear``
+in the compute dtype with `off`'s states.
 """
 
 import math
@@ -23,7 +25,8 @@ class _ParallelLinear(nn.Module):
     partition_dim: int  # weight dim split across TP ranks
 
     def __init__(self, in_features: int, out_features: int, config: Config, pstate: ParallelState, name: str,
-                 bias: bool = True, init_std: float | None = None, stacked: int = 1, device=None):
+                 bias: bool = True, init_std: float | None = None, stacked: int = 1, device=None,
+                 fp8: bool = True):
         super().__init__()
         policy = config.precision.policy
         tp = pstate.tp_size  # the split is valid: Config.validate_layout checked it before any model exists
@@ -31,9 +34,9 @@ class _ParallelLinear(nn.Module):
         full = init_normal((out_features, in_features), std, config.training.seed, f"{name}.weight")
         full = _interleave_for_tp(full, stacked, tp) if self.partition_dim == 0 else full
         # shards hold a slice of every stacked block (see _interleave_for_tp)
-        self.weight = make_parameter(full, policy=policy, fp8_eligible=True, device=device,
-                                     partition_dim=self.partition_dim, tp_rank=pstate.tp_rank, tp_size=tp,
-                                     stacked=stacked)
+        self.weight = make_parameter(full, policy=policy, fp8_eligible=fp8, high_precision_layer=not fp8,
+                                     device=device, partition_dim=self.partition_dim, tp_rank=pstate.tp_rank,
+                                     tp_size=tp, stacked=stacked)
         self.pstate = pstate
         self.sequence_parallel = config.parallel.sequence_parallel and tp > 1
         self.bias = None
@@ -49,7 +52,7 @@ class _ParallelLinear(nn.Module):
         gathers_input = self.sequence_parallel and self.partition_dim == 0
         self.fp8_state = Fp8LinearState(config.precision.recipe, device, tp_amax_reducer(pstate),
                                         TPSequenceOps(pstate) if gathers_input else None) \
-            if policy.fp8_gemm else None
+            if policy.fp8_gemm and fp8 else None
 
     def _matmul(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.fp8_state is not None:

@@ -27,7 +27,10 @@ Stored = tuple[torch.Tensor, torch.Tensor | None]  # payload and its scale_inv (
 class ParamInfo:
     """What the framework knows about one parameter beyond its values.
 
-    ``fp8_eligible``: a linear layer's weight (DESIGN §1), stored in the policy's weight dtype.
+    ``fp8_eligible``: a linear layer's weight (DESIGN §1), stored in the policy's weight dtype; not the
+    linears of the layers --first-last-layers-bf16 keeps out of FP8, which are stored like every other
+    parameter (compute dtype, FP32 gradient and moments: `off`'s states).
+    ``high_precision_layer``: such a linear weight, kept out of FP8 by --first-last-layers-bf16.
     ``partition_dim``: the dimension split across TP ranks; None when every TP rank holds all of it.
     ``tp_stacked``: how many stacked blocks (SwiGLU's gate and up) each TP shard holds a slice of.
     ``no_weight_decay``: AdamW skips its decoupled weight decay.
@@ -46,6 +49,7 @@ class ParamInfo:
     """
 
     fp8_eligible: bool = False
+    high_precision_layer: bool = False
     partition_dim: int | None = None
     tp_stacked: int = 1
     no_weight_decay: bool = False
@@ -79,9 +83,7 @@ def init_normal(shape, std: float, seed: int, name: str) -> torch.Tensor:
 
 def master_dtype(policy: PrecisionPolicy, fp8_eligible: bool) -> torch.dtype | None:
     """Storage of a separate master copy, or None where the parameter itself is the master (DESIGN §1)."""
-    if fp8_eligible:
-        return policy.master
-    return None if policy.compute == torch.float32 else torch.float32
+    return policy.master if fp8_eligible else policy.other_master
 
 
 def stored_copy(values: torch.Tensor, dtype: torch.dtype, scaled: bool | None = None) -> Stored:
@@ -96,7 +98,8 @@ def stored_copy(values: torch.Tensor, dtype: torch.dtype, scaled: bool | None = 
 def make_parameter(full: torch.Tensor, *, policy: PrecisionPolicy, fp8_eligible: bool, device=None,
                    partition_dim: int | None = None, tp_rank: int = 0, tp_size: int = 1, stacked: int = 1,
                    no_weight_decay: bool = False, sequence_parallel: bool = False,
-                   shared_embedding: bool = False, embedding_or_output: bool = False) -> nn.Parameter:
+                   shared_embedding: bool = False, embedding_or_output: bool = False,
+                   high_precision_layer: bool = False) -> nn.Parameter:
     """Split ``full`` (float32, full size) for this TP rank and store it in the policy's dtype.
 
     FP8-eligible weights take ``policy.weight`` (FP16/FP8 storage at O1-O3 carries a scale_inv); everything
@@ -109,7 +112,7 @@ def make_parameter(full: torch.Tensor, *, policy: PrecisionPolicy, fp8_eligible:
     split = partition_dim if tp_size > 1 else None
     param = nn.Parameter(torch.empty(local.shape, dtype=dtype, device=device), requires_grad=True)
     param.info = ParamInfo(
-        fp8_eligible=fp8_eligible, partition_dim=split, tp_stacked=stacked if split == 0 else 1,
+        fp8_eligible=fp8_eligible, high_precision_layer=high_precision_layer, partition_dim=split, tp_stacked=stacked if split == 0 else 1,
         no_weight_decay=no_weight_decay, sequence_parallel=sequence_parallel, shared_embedding=shared_embedding,
         embedding_or_output=embedding_or_output,
         scale_inv=torch.ones((), dtype=torch.float32, device=device) if policy.stores_scale(fp8_eligible) else None,

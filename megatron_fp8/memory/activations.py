@@ -14,6 +14,8 @@ Learned from ActivationMeter on this implementation (every storage counted once)
   vocabulary plus labels.
 Parameters that ops save (norm weights, the head weight, linear weights at ``off``) are counted by the
 meter but are no extra memory: they are returned apart, as ``saved_params``.
+A layer --first-last-layers-bf16 keeps out of FP8 is counted as at ``off`` (``fp8=False``); a stage's
+layers are described by one such flag each (:func:`stage_layers`).
 ``cuda=False`` is measured here to the byte (tests/test_memory_plan.py); ``cuda=True`` swaps in what the
 CUDA kernels are documented to save (bool dropout masks, flash/efficient attention, FP32 norm statistics,
 fused RMSNorm, SDPA output not laid out sequence-major) and has not been measured on a GPU.
@@ -72,9 +74,17 @@ def _norm(config: Config, sh: Shapes, cuda: bool) -> int:
     return 2 * sh.stream * FP32 + rows * FP32 + one_plus_w  # CPU composite: float32 input and normalised copy, rstd
 
 
-def _linear_input(config: Config, sh: Shapes, rows: int, cols: int) -> int:
-    """What one linear keeps of its [rows, cols] input."""
-    if not config.precision.policy.fp8_gemm:
+def stage_layers(config: Config, pp_rank: int) -> list[bool]:
+    """Per layer of pipeline stage ``pp_rank``: whether its linears run in FP8 (global layer numbers)."""
+    m, pr = config.model, config.precision
+    per_stage = m.num_layers // config.parallel.pipeline_model_parallel_size
+    return [pr.policy.fp8_gemm and not pr.high_precision_layer(i, m.num_layers)
+            for i in range(pp_rank * per_stage, (pp_rank + 1) * per_stage)]
+
+
+def _linear_input(config: Config, sh: Shapes, rows: int, cols: int, fp8: bool) -> int:
+    """What one linear keeps of its [rows, cols] input (``fp8``: an FP8 linear)."""
+    if not fp8:
         return rows * cols * sh.elem
     recipe = config.precision.recipe.recipe
     scales = cols * -(-rows // BLOCK) * FP32 if recipe == "blockwise" else FP32
@@ -116,21 +126,23 @@ def attention_core_bytes(config: Config, cuda: bool) -> int:
     return _attention(config, shapes(config), cuda)
 
 
-def layer_bytes(config: Config, cuda: bool, selective: bool = False) -> int:
+def layer_bytes(config: Config, cuda: bool, selective: bool = False, fp8: bool | None = None) -> int:
     """One transformer layer, one micro-batch: everything kept (no recomputation), or with ``selective``
-    what selective recomputation keeps (the core's inputs instead of what it saves)."""
+    what selective recomputation keeps (the core's inputs instead of what it saves). ``fp8``: whether its
+    linears run in FP8 (default: the level's choice)."""
+    fp8 = config.precision.policy.fp8_gemm if fp8 is None else fp8
     m, sh = config.model, shapes(config)
     tokens, ffn_local, h_local = sh.tokens, sh.ffn // sh.tp, sh.heads * sh.head_dim
     total = 2 * _norm(config, sh, cuda)
-    total += _linear_input(config, sh, tokens, sh.hidden)  # QKV (whole sequence)
+    total += _linear_input(config, sh, tokens, sh.hidden, fp8)  # QKV (whole sequence)
     total += _attention_inputs(config, sh) if selective else _attention(config, sh, cuda)
     # attention output projection; at ``off`` its input is SDPA's output, already kept where the CPU fused
     # kernel writes it sequence-major (the reshape is a view), a fresh copy otherwise
-    view = not config.precision.policy.fp8_gemm and not cuda and m.attention_dropout == 0 and not selective
-    total += 0 if view else _linear_input(config, sh, tokens, h_local)
-    total += _linear_input(config, sh, tokens, sh.hidden)  # fc1 (whole sequence)
+    view = not fp8 and not cuda and m.attention_dropout == 0 and not selective
+    total += 0 if view else _linear_input(config, sh, tokens, h_local, fp8)
+    total += _linear_input(config, sh, tokens, sh.hidden, fp8)  # fc1 (whole sequence)
     total += tokens * ffn_local * sh.elem * (3 if m.swiglu else 1)  # GeLU input / fc1 output + silu output
-    total += _linear_input(config, sh, tokens, ffn_local)  # fc2
+    total += _linear_input(config, sh, tokens, ffn_local, fp8)  # fc2
     total += 2 * _dropout_mask(sh, sh.stream, m.hidden_dropout, cuda)
     return total
 
@@ -167,35 +179,41 @@ def layer_input_bytes(config: Config) -> int:
     return sh.stream * sh.elem
 
 
-def recompute_split(config: Config, layers: int, cuda: bool) -> tuple[int, int, int, int]:
-    """A stage of ``layers`` layers under the configured recomputation (model/recompute.py), one micro-batch:
-    (bytes the layers keep until backward, bytes one recomputed region rebuilds, layers whose parameters ops
-    save in the first forward, layers of the largest recomputed region)."""
+def recompute_split(config: Config, layers: list[bool], cuda: bool) -> tuple[int, int, list[bool], list[bool]]:
+    """A stage's ``layers`` (:func:`stage_layers`) under the configured recomputation (model/recompute.py), one
+    micro-batch: (bytes the layers keep until backward, bytes the largest recomputed region rebuilds, layers
+    whose parameters ops save in the first forward, layers of that region)."""
     t = config.training
-    one = layer_bytes(config, cuda)
+    full = [layer_bytes(config, cuda, fp8=f) for f in layers]
     if t.recompute_granularity == "selective":
-        return layers * layer_bytes(config, cuda, selective=True), attention_core_bytes(config, cuda), layers, 0
+        kept = sum(layer_bytes(config, cuda, selective=True, fp8=f) for f in layers)
+        return kept, attention_core_bytes(config, cuda), layers, []
     if t.recompute_granularity != "full":
-        return layers * one, 0, layers, 0
-    n = min(t.recompute_num_layers, layers)
-    if t.recompute_method == "uniform":
-        return -(-layers // n) * layer_input_bytes(config), n * one, 0, n
-    return n * layer_input_bytes(config) + (layers - n) * one, one, layers - n, 1
+        return sum(full), 0, layers, []
+    n = min(t.recompute_num_layers, len(layers))
+    if t.recompute_method == "uniform":  # groups of n layers, each rebuilt whole
+        groups = [range(i, min(i + n, len(layers))) for i in range(0, len(layers), n)]
+        kept, saved = len(groups) * layer_input_bytes(config), []
+    else:  # block: the first n layers, one by one
+        groups = [range(i, i + 1) for i in range(n)]
+        kept, saved = n * layer_input_bytes(config) + sum(full[n:]), layers[n:]
+    region = max(groups, key=lambda g: sum(full[i] for i in g)
+                 + saved_param_bytes(config, [layers[i] for i in g], False, cuda))
+    return kept, sum(full[i] for i in region), saved, [layers[i] for i in region]
 
 
-def saved_param_bytes(config: Config, layers: int, last: bool, cuda: bool) -> int:
-    """Storage of the parameters that ops save for backward: counted by ActivationMeter, no extra memory."""
-    m, sh, policy = config.model, shapes(config), config.precision.policy
+def saved_param_bytes(config: Config, layers: list[bool], last: bool, cuda: bool) -> int:
+    """Storage of the parameters that ops save for backward: counted by ActivationMeter, no extra memory.
+    ``layers``: one FP8 flag per layer (:func:`stage_layers`)."""
+    m, sh = config.model, shapes(config)
     rows_split = sh.tp
     # the norm's weight (with --apply-layernorm-1p the op saves 1 + w instead: an activation) and bias
     norm = sh.hidden * ((0 if m.apply_layernorm_1p else 1) + (1 if m.normalization == "LayerNorm" else 0))
-    per_layer = 2 * norm
-    if not policy.fp8_gemm:  # F.linear keeps its weight
-        fc1 = 2 * sh.ffn if m.swiglu else sh.ffn
-        column = (m.qkv_size + fc1) * sh.hidden // rows_split  # QKV, fc1
-        attn = m.num_attention_heads * m.head_dim
-        per_layer += column + (attn + sh.ffn) * sh.hidden // sh.tp  # + proj, fc2 (split along columns)
-    total = layers * per_layer
+    fc1 = 2 * sh.ffn if m.swiglu else sh.ffn
+    column = (m.qkv_size + fc1) * sh.hidden // rows_split  # QKV, fc1
+    attn = m.num_attention_heads * m.head_dim
+    linears = column + (attn + sh.ffn) * sh.hidden // sh.tp  # + proj, fc2 (split along columns)
+    total = sum(2 * norm + (0 if fp8 else linears) for fp8 in layers)  # F.linear keeps its weight
     if last:
         total += norm + m.vocab_size // rows_split * sh.hidden
     return total * sh.elem

@@ -1,4 +1,5 @@
 """The parameters one rank holds, as (name, local shape, FP8-eligible), in GPTModel's registration order.
+The linears of the layers --first-last-layers-bf16 keeps out of FP8 (global layer numbers) are not eligible.
 
 Mirrors model/gpt.py, model/transformer.py, model/attention.py, model/mlp.py and layers/: TP splits the
 linears (column-parallel: output rows; row-parallel: input columns) and the vocabulary; PP gives each
@@ -30,13 +31,15 @@ def _layer(config: Config, index: int, tp: int) -> list[ParamSpec]:
     h, ffn = m.hidden_size, m.ffn_hidden_size
     fc1 = 2 * ffn if m.swiglu else ffn
     prefix = f"decoder.layers.{index}"
+    fp8 = not config.precision.high_precision_layer(index, m.num_layers)  # --first-last-layers-bf16
 
     def norm(name):
         out = [ParamSpec(f"{prefix}.{name}.weight", (h,))]
         return out + ([ParamSpec(f"{prefix}.{name}.bias", (h,))] if m.normalization == "LayerNorm" else [])
 
     def linear(name, rows, cols, bias_rows, bias=m.add_bias_linear):
-        out = [ParamSpec(f"{prefix}.{name}.weight", (rows, cols), ParamInfo(fp8_eligible=True))]
+        info = ParamInfo(fp8_eligible=fp8, high_precision_layer=not fp8)
+        out = [ParamSpec(f"{prefix}.{name}.weight", (rows, cols), info)]
         return out + ([ParamSpec(f"{prefix}.{name}.bias", (bias_rows,))] if bias else [])
 
     qkv, attn = m.qkv_size // tp, m.num_attention_heads * m.head_dim // tp  # GQA: fewer K/V rows

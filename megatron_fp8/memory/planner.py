@@ -44,6 +44,10 @@ class MemoryPlan:
     eligible_params: int  # FP8-eligible parameters on this GPU
     eligible_state_bytes: int  # weights + grads + master + moments of those parameters on this GPU
     design_bytes_per_param: float  # docs/design.md §1 for this level and layout
+    # linear weights --first-last-layers-bf16 keeps out of FP8 on this GPU, their bytes, and `off`'s bytes
+    high_precision_params: int = 0
+    high_precision_state_bytes: int = 0
+    design_high_precision_bytes_per_param: float = 0.0
     stage_totals: list = field(default_factory=list)  # fullest rank of each stage, bytes
 
     @property
@@ -53,6 +57,12 @@ class MemoryPlan:
     @property
     def planned_bytes_per_param(self) -> float:
         return self.eligible_state_bytes / max(1, self.eligible_params)
+
+    @property
+    def planned_linear_bytes_per_param(self) -> float:
+        """Per linear weight, the FP8 layers' and the high-precision first/last layers' together."""
+        return (self.eligible_state_bytes + self.high_precision_state_bytes) / \
+            max(1, self.eligible_params + self.high_precision_params)
 
     def as_trainer_memory(self) -> dict:
         """The figures in Trainer.memory()'s keys and meaning (activations_peak: one micro-batch, meter view)."""
@@ -64,7 +74,8 @@ class MemoryPlan:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d.update(total=self.total, planned_bytes_per_param=self.planned_bytes_per_param)
+        d.update(total=self.total, planned_bytes_per_param=self.planned_bytes_per_param,
+                 planned_linear_bytes_per_param=self.planned_linear_bytes_per_param)
         return d
 
 
@@ -72,12 +83,12 @@ def _stage_activations(config: Config, pp_rank: int, in_flight: int, cuda: bool)
     """One stage's activations: per micro-batch and over the schedule, without recomputation, with every
     layer recomputed, and as the config's --recompute-* flags say (kept in flight + one rebuilt region)."""
     pp = config.parallel.pipeline_model_parallel_size
-    layers = config.model.num_layers // pp
+    layers = act.stage_layers(config, pp_rank)  # FP8 or not, per layer (--first-last-layers-bf16)
     first, last = pp_rank == 0, pp_rank == pp - 1
     ends = (act.embedding_bytes(config, cuda) if first else 0) + (act.head_bytes(config, cuda) if last else 0)
-    one_layer = act.layer_bytes(config, cuda)
-    per_micro = layers * one_layer + ends
-    recompute = in_flight * (layers * act.layer_input_bytes(config) + ends) + one_layer
+    each = [act.layer_bytes(config, cuda, fp8=fp8) for fp8 in layers]
+    per_micro = sum(each) + ends
+    recompute = in_flight * (len(layers) * act.layer_input_bytes(config) + ends) + max(each)
     kept, rebuilt, saved_layers, rebuilt_layers = act.recompute_split(config, layers, cuda)
     rope = act.rope_bytes(config)
     return dict(activations_per_micro_batch=per_micro, activations_full=in_flight * per_micro,
@@ -112,12 +123,15 @@ def plan_memory(config: Config, world_size: int, device: str = "cuda", recompute
                  "fp8_scaling_state": fp8_scaling_state(params, policy, config.precision.recipe.amax_history_len),
                  "activations": stage["activations_recompute" if recompute else "activations_configured"]}
         ranks = model_states(params, policy, dp, p.use_distributed_optimizer)
-        eligible = model_states(params, policy, dp, p.use_distributed_optimizer, eligible_only=True)
+        eligible = model_states(params, policy, dp, p.use_distributed_optimizer, only="fp8_eligible")
+        high = model_states(params, policy, dp, p.use_distributed_optimizer, only="high_precision_layer")
         for d in range(dp) if dp_rank is None else [dp_rank]:
             candidates.append(dict(
                 bytes={**ranks[d], **fixed}, pp_rank=r, dp_rank=d, in_flight=in_flight, **stage,
                 eligible_params=sum(q.numel() for q in params if param_info(q).fp8_eligible),
-                eligible_state_bytes=sum(eligible[d].values())))
+                eligible_state_bytes=sum(eligible[d].values()),
+                high_precision_params=sum(q.numel() for q in params if param_info(q).high_precision_layer),
+                high_precision_state_bytes=sum(high[d].values())))
         stage_totals.append(max(sum(c["bytes"].values()) for c in candidates if c["pp_rank"] == r))
     worst = max(candidates, key=lambda c: sum(c["bytes"].values()))
     layout = dict(tp=p.tensor_model_parallel_size, pp=pp, dp=dp, sp=p.sequence_parallel,
@@ -125,4 +139,6 @@ def plan_memory(config: Config, world_size: int, device: str = "cuda", recompute
     design = policy.eligible_bytes_per_param(dp, p.use_distributed_optimizer)
     return MemoryPlan(layout=layout, level=config.precision.fp8_level, device=device, recompute=recompute,
                       params_total=total_params(config), design_bytes_per_param=design,
+                      design_high_precision_bytes_per_param=policy.other_bytes_per_param(
+                          dp, p.use_distributed_optimizer),
                       stage_totals=stage_totals, **worst)

@@ -30,7 +30,8 @@ def describe(config: Config, plan: MemoryPlan, raw_vocab: int) -> str:
         f"{'on' if p.sequence_parallel else 'off'} | distributed optimizer "
         f"{'on' if p.use_distributed_optimizer else 'off'} | micro-batch {t.micro_batch_size}, global batch "
         f"{t.global_batch_size} ({micro} micro-batches per rank and step)",
-        f"precision: compute {str(policy.compute).replace('torch.', '')} | device kernels: {plan.device}"])
+        f"precision: compute {str(policy.compute).replace('torch.', '')} | device kernels: {plan.device}"
+        + (f" | {config.precision.first_last_note()}" if config.precision.first_last_layers_bf16 else "")])
 
 
 def level_table(plans: dict, budget_gib: float | None) -> str:
@@ -60,6 +61,11 @@ def level_table(plans: dict, budget_gib: float | None) -> str:
                 + "".join(f"{plans[x].planned_bytes_per_param:10.2f}" for x in levels))
     rows.append(f"{'  docs/design.md §1 table':26s}"
                 + "".join(f"{plans[x].design_bytes_per_param:10.2f}" for x in levels))
+    if any(plans[x].high_precision_params for x in levels):  # --first-last-layers-bf16
+        rows.append(f"{'B/first-last linear param':26s}"
+                    + "".join(f"{plans[x].design_high_precision_bytes_per_param:10.2f}" for x in levels))
+        rows.append(f"{'B/linear param (all)':26s}"
+                    + "".join(f"{plans[x].planned_linear_bytes_per_param:10.2f}" for x in levels))
     return "\n".join(rows)
 
 

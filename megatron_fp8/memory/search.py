@@ -40,8 +40,7 @@ def shaped(base: Config, shape: GptShape, level: str, tp: int, pp: int, dp: int,
     m = replace(base.model, num_layers=shape.num_layers, hidden_size=shape.hidden_size,
                 num_attention_heads=shape.num_attention_heads, ffn_hidden_size=None,
                 vocab_size=padded_vocab_size(raw_vocab, base.model.make_vocab_size_divisible_by, tp))
-    precision = replace(base.precision, fp8_level=level, main_params_dtype=None, exp_avg_dtype=None,
-                        exp_avg_sq_dtype=None, grad_reduce_dtype=None)
+    precision = base.precision.at_level(level)
     parallel = replace(base.parallel, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
                        sequence_parallel=tp > 1)
     mbs = base.training.micro_batch_size
@@ -66,7 +65,12 @@ def fitting_plan(base: Config, shape: GptShape, level: str, world_size: int, bud
                  device: str, recompute: bool, gpus_per_node: int = 8) -> MemoryPlan | None:
     """The plan of the first layout of ``shape`` whose fullest GPU needs at most ``budget`` bytes."""
     for tp, pp, dp in layouts(shape, world_size, gpus_per_node):
-        plan = plan_memory(shaped(base, shape, level, tp, pp, dp, raw_vocab), world_size, device, recompute)
+        config = shaped(base, shape, level, tp, pp, dp, raw_vocab)
+        try:
+            config.validate_layout(world_size)
+        except ValueError:  # ruled out by the flags (--num-layers-at-start-in-bf16 above the layers per stage)
+            continue
+        plan = plan_memory(config, world_size, device, recompute)
         if plan.total <= budget:
             return plan
     return None

@@ -52,18 +52,19 @@ def _param_bytes(spec: ParamSpec, policy: PrecisionPolicy) -> dict:
 
 
 def model_states(params: list[ParamSpec], policy: PrecisionPolicy, dp_size: int, distributed: bool,
-                 eligible_only: bool = False) -> list[dict]:
+                 only: str | None = None) -> list[dict]:
     """Bytes per state key for each data-parallel rank of one (TP rank, PP stage).
 
     Weights and gradient buffers are whole on every rank; without the distributed optimizer (or with
-    one data-parallel rank) every rank also keeps all optimizer state.
+    one data-parallel rank) every rank also keeps all optimizer state. ``only`` names a boolean ParamInfo
+    field (``fp8_eligible``, ``high_precision_layer``): count only the parameters that have it.
     """
     sharded = distributed and dp_size > 1
     owners = assign_param_owners(params, dp_size) if sharded else {}
     replicated = dict.fromkeys(STATE_KEYS, 0)
     owned = [dict.fromkeys(STATE_KEYS, 0) for _ in range(dp_size)]
     for spec in params:
-        if eligible_only and not param_info(spec).fp8_eligible:
+        if only is not None and not getattr(param_info(spec), only):
             continue
         for key, nbytes in _param_bytes(spec, policy).items():
             if key in ("weights", "grads") or not sharded:

@@ -17,7 +17,7 @@ class SelfAttention(nn.Module):
     ``[heads, (q, k, v), head_dim]``). A TP split hands each rank whole groups. Grouped-query attention
     shares each key/value head among the group's query heads (SDPA's ``enable_gqa``, no copies of K/V)."""
 
-    def __init__(self, config: Config, pstate: ParallelState, prefix: str, device=None):
+    def __init__(self, config: Config, pstate: ParallelState, prefix: str, device=None, fp8: bool = True):
         super().__init__()
         m = config.model
         self.heads_local = m.num_attention_heads // pstate.tp_size
@@ -27,10 +27,10 @@ class SelfAttention(nn.Module):
         self.recompute_core = config.training.recompute_granularity == "selective"
         bias = m.add_bias_linear
         self.linear_qkv = ColumnParallelLinear(m.hidden_size, m.qkv_size, config, pstate, f"{prefix}.linear_qkv",
-                                               bias=bias or m.add_qkv_bias, device=device)
+                                               bias=bias or m.add_qkv_bias, device=device, fp8=fp8)
         self.linear_proj = RowParallelLinear(m.num_attention_heads * m.head_dim, m.hidden_size, config, pstate,
                                              f"{prefix}.linear_proj", bias=bias, init_std=output_layer_std(config),
-                                             device=device)
+                                             device=device, fp8=fp8)
 
     def _split_qkv(self, qkv: torch.Tensor):
         """q [s, b, heads, d], k and v [s, b, groups, d] (views of the QKV output where the layout allows)."""

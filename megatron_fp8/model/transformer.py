@@ -22,10 +22,12 @@ class TransformerLayer(nn.Module):
         super().__init__()
         prefix = f"decoder.layers.{layer_number}"
         h, sp = config.model.hidden_size, sequence_parallel(config, pstate)
+        # global layer numbers: a pipeline stage's layers are the model's first/last ones only where they are
+        self.fp8 = not config.precision.high_precision_layer(layer_number, config.model.num_layers)
         self.input_layernorm = Norm(h, config, device, sp)
-        self.self_attention = SelfAttention(config, pstate, f"{prefix}.self_attention", device)
+        self.self_attention = SelfAttention(config, pstate, f"{prefix}.self_attention", device, self.fp8)
         self.pre_mlp_layernorm = Norm(h, config, device, sp)
-        self.mlp = MLP(config, pstate, f"{prefix}.mlp", device)
+        self.mlp = MLP(config, pstate, f"{prefix}.mlp", device, self.fp8)
         self.hidden_dropout, self.pstate, self.sp = config.model.hidden_dropout, pstate, sp
 
     def _dropout(self, x: torch.Tensor) -> torch.Tensor:

@@ -77,6 +77,19 @@ def test_recompute_is_bit_identical(level, recipe, kinds):
         assert recomputed[0].activations.rebuilt_peak > 0
 
 
+@pytest.mark.parametrize("kind", ["full-uniform-2", "full-block", "selective"])
+def test_first_last_layers_bf16_recompute_is_bit_identical(kind):
+    """--first-last-layers-bf16 with layer 0 out of FP8 and layer 1 in FP8 (one recomputed region may hold both)."""
+    def config(**recompute):
+        cfg = _config("O2", "delayed", **recompute)
+        cfg.precision.first_last_layers_bf16, cfg.precision.num_layers_at_end_in_bf16 = True, 0
+        return cfg
+
+    plain, recomputed = _run(config()), _run(config(**RECOMPUTE[kind]))
+    assert plain[0].model.decoder.layers[0].self_attention.linear_qkv.fp8_state is None
+    _assert_same(plain, recomputed)
+
+
 def test_meter_counts_what_recomputation_keeps():
     plain, _ = _run(_config("O2", "delayed"), steps=1)
     full, _ = _run(_config("O2", "delayed", **RECOMPUTE["full-uniform"]), steps=1)

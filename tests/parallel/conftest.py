@@ -23,6 +23,7 @@ LAYOUTS = {
                           ("many-micro-off", "off", "many-micro", 0), ("many-micro-O2", "O2", "many-micro", 0)]),
     "TP2xPP2+SP": (2, 2, True, [("off", "off", "gpt", CURVE_STEPS), ("O2", "O2", "gpt", CURVE_STEPS),
                                 ("llama-O2", "O2", "llama", 0), ("gqa-O3", "O3", "gqa", 0),
+                                ("first-last-O2", "O2", "first-last", 0), ("first-last-O3", "O3", "first-last", 0),
                                 ("pp4-off", "off", "deep-many-micro", 0, (1, 4, False)),
                                 ("pp4-O2", "O2", "deep-many-micro", 0, (1, 4, False))]),
 }

@@ -76,6 +76,16 @@ def test_llama_variant_matches(runs, layout, key):
         check(results, key, ref, tolerance(level, quantity, pp > 1, emulated_boundary=pp > 1))
 
 
+@pytest.mark.parametrize("level", ["O2", "O3"])
+def test_first_last_layers_bf16_match(runs, level):
+    """--first-last-layers-bf16 under TP2xPP2+SP: each stage keeps the layers whose global number is first or
+    last out of FP8 (a stage-local numbering would keep another layer, and its gradients would move by FP8's
+    error, far beyond the bound)."""
+    results, ref = runs.layout("TP2xPP2+SP"), runs.reference("first-last", level, pp_boundaries=2)
+    for quantity, check in (("logits", check_logits), ("loss", check_losses), ("grads", check_grads)):
+        check(results, f"first-last-{level}", ref, tolerance(level, quantity, True, emulated_boundary=True))
+
+
 @pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("layout,key,variant,stages", [
     pytest.param("PP2", "many-micro", "many-micro", 2, id="2-stages"),

@@ -13,7 +13,9 @@ def model_config(variant: str, level: str, tp: int = 1, pp: int = 1, sp: bool = 
     ``deep-many-micro``: the same with 4 layers, for a 4-stage pipeline.
     ``gqa``: the llama model with grouped-query attention (8 heads in 4 groups: under TP2 each rank holds two
     whole groups, and q is the strided copy), a head size other than hidden/heads, a QKV-only bias, partial
-    RoPE with Llama-3.1 scaling and zero-centred RMSNorm weights."""
+    RoPE with Llama-3.1 scaling and zero-centred RMSNorm weights.
+    ``first-last``: the tiny GPT with 4 layers, the first and the last kept out of FP8
+    (--first-last-layers-bf16): under PP2 each stage holds one FP8 layer and one kept layer, by global number."""
     if variant == "gpt":
         return tiny_config(level, tp, pp, sp)
     if variant == "many-micro":
@@ -32,5 +34,10 @@ def model_config(variant: str, level: str, tp: int = 1, pp: int = 1, sp: bool = 
         config.model = replace(config.model, num_attention_heads=8, group_query_attention=True, num_query_groups=4,
                                kv_channels=12, add_bias_linear=False, add_qkv_bias=True, rotary_percent=0.5,
                                use_rope_scaling=True, apply_layernorm_1p=True)
+        return config
+    if variant == "first-last":
+        config = tiny_config(level, tp, pp, sp)
+        config.model = replace(config.model, num_layers=4)
+        config.precision = replace(config.precision, first_last_layers_bf16=True)
         return config
     raise ValueError(f"unknown test model variant {variant!r}")
