@@ -72,9 +72,10 @@ def worker(a) -> dict:
             libc.malloc_trim(0)
         stages[f"step{step + 1}"] = _status()
     measured = trainer.memory()
-    plan = plan_memory(cfg, 1, device="cpu")
+    plan = plan_memory(cfg, 1, device="cpu", fixed_mmap_threshold=a.fix_mmap_threshold)
     return {"stages": stages, "peak_rss": stages[f"step{a.steps}"]["hwm"], "categories": measured,
             "categories_total": sum(measured.values()), "planned": plan.bytes, "planned_total": plan.total,
+            "planned_process": plan.process, "planned_peak": plan.process_peak, "params": plan.params_total,
             "losses": losses, "step_s": times}
 
 
@@ -129,7 +130,8 @@ def main(argv=None):
         print(f"{level:4s} recompute={recompute:9s} peak RSS {r['peak_rss'] / MB:8.1f} MB ({r['peak_rss'] / base:.2f}x "
               f"off) | categories {r['categories_total'] / MB:7.1f} MB | after import {s['imported']['rss'] / MB:6.1f}"
               f" | built {s['built']['rss'] / MB:7.1f} (HWM {s['built']['hwm'] / MB:7.1f}) | activations "
-              f"{r['categories']['activations_peak'] / MB:6.1f} MB | loss {r['losses'][-1]:.4f}", flush=True)
+              f"{r['categories']['activations_peak'] / MB:6.1f} MB | planned peak {r['planned_peak'] / MB:7.1f} MB "
+              f"({r['planned_peak'] / r['peak_rss']:.3f}x measured) | loss {r['losses'][-1]:.4f}", flush=True)
     save_results(a.out, {k: v for k, v in vars(a).items() if k not in ("worker", "level")}, results)
 
 

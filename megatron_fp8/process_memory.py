@@ -18,17 +18,33 @@ M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
 MMAP_THRESHOLD = 64 * 1024
 
 
-def peak_rss_bytes() -> int:
-    """The most resident memory this process has held since it started."""
+def _status_bytes(key: str) -> int | None:
+    """A ``/proc/self/status`` figure in bytes ("VmHWM:  123456 kB"); None where there is no procfs."""
     try:
         with open("/proc/self/status", encoding="ascii") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024  # "VmHWM:  123456 kB"
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return None
+
+
+def peak_rss_bytes() -> int:
+    """The most resident memory this process has held since it started."""
+    peak = _status_bytes("VmHWM")
+    if peak is not None:
+        return peak
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return maxrss if sys.platform == "darwin" else maxrss * 1024
+
+
+def current_rss_bytes() -> int:
+    """The resident memory now (VmRSS; the peak so far where /proc is missing). Logged as ``rss_at_start``
+    when the Trainer starts building: the interpreter, torch, our kernels and the data, the baseline that
+    memory/process.py's planner constant stands for."""
+    rss = _status_bytes("VmRSS")
+    return rss if rss is not None else peak_rss_bytes()
 
 
 def process_peaks(device) -> dict:

@@ -39,7 +39,7 @@ from .optim.lr_scheduler import schedulers
 from .parallel import comm
 from .parallel.groups import init_distributed
 from .parallel.random import stage_seed
-from .process_memory import process_peaks
+from .process_memory import current_rss_bytes, process_peaks
 from .parallel.state import ParallelState, single_process
 from .pipeline.schedules import forward_backward_1f1b, forward_backward_no_pipelining
 from .schedule import training_plan
@@ -79,6 +79,7 @@ class Trainer:
     def __init__(self, config: Config, pstate: ParallelState | None = None, device=None):
         self.config, self.pstate = config, pstate or single_process()
         self.device = device or default_device()
+        self.rss_at_start = current_rss_bytes()  # imports (and data) before any model tensor: the log's baseline
         self.policy = config.precision.policy
         ps = self.pstate
         config.validate_layout(ps.tp_size * ps.pp_size * ps.dp_size)
@@ -324,7 +325,8 @@ def _log_record(trainer: Trainer, window: list, flops_per_token: float) -> dict:
               "skipped_iterations": p.skipped_iterations, "nan_iterations": p.nan_iterations,
               "step_time_s": seconds / len(window), "tokens_per_sec": tokens / seconds,
               "tflops": flops_per_token * tokens / seconds / 1e12 / trainer.pstate.world_size,
-              "mem": {**trainer.memory(), **process_peaks(trainer.device)}, "comm": comm.COUNTER.take()}
+              "mem": {**trainer.memory(), **process_peaks(trainer.device), "rss_at_start": trainer.rss_at_start},
+              "comm": comm.COUNTER.take()}
     if trainer.loss_scaler is not None:
         record["loss_scale"] = trainer.loss_scaler.scale
     if last.decoupled_lr is not None:

@@ -2,7 +2,10 @@
 
 Weights are always initialised in float32 at full size from a generator seeded by the parameter's
 name, then split for tensor parallelism and only then converted: every parallel layout and every
-precision level of the same model starts from the same numbers.
+precision level of the same model starts from the same numbers. This happens one tensor at a time
+(each layer's constructor makes its parameters, and each float32 tensor is dropped once stored), so
+building a model never holds the whole model in float32: the construction peak is the stored states
+plus the temporaries of the one tensor being made (tests/model/test_init_memory.py).
 
 Every parameter carries one :class:`ParamInfo`, attached by :func:`make_parameter` and read through
 :func:`param_info`; its real value is read through :func:`real_value` and written through
@@ -13,7 +16,7 @@ import zlib
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from ..config import PrecisionPolicy
 from ..fp8.formats import is_scaled
@@ -107,7 +110,9 @@ def make_parameter(full: torch.Tensor, *, policy: PrecisionPolicy, fp8_eligible:
     is made of along a split dimension 0 (see layers.linear).
     """
     local = full.chunk(tp_size, dim=partition_dim)[tp_rank] if partition_dim is not None else full
-    local = local.to(device=device, copy=True)  # a copy: a chunk view would keep the whole tensor alive
+    # no float copy of its own: assign_value writes the storage (and the initial master) from this view,
+    # so each tensor's construction holds the full float32 init once, plus the conversion's temporaries
+    local = local.to(device=device).contiguous()
     dtype = policy.weight if fp8_eligible else policy.compute
     split = partition_dim if tp_size > 1 else None
     param = nn.Parameter(torch.empty(local.shape, dtype=dtype, device=device), requires_grad=True)

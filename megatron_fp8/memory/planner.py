@@ -3,8 +3,10 @@
 Every pipeline stage and data-parallel rank is planned (stages hold different layers, embeddings and
 head; ranks own different optimizer state under the distributed optimizer) and the fullest one is
 reported, since that is the GPU that runs out first. Activations follow the 1F1B schedule: stage ``r``
-of ``pp`` holds up to ``pp - r`` micro-batches in flight. Not modelled: transient buffers (gradients of
-activations, the logits' gradient, communication buckets), the CUDA context and allocator slack.
+of ``pp`` holds up to ``pp - r`` micro-batches in flight. Beyond the categories, ``process`` adds what the
+process peak holds besides (``process.py``: the import baseline, the step's transient tensors and, on CPU,
+the allocator's slack), so ``process_peak`` is the predicted peak RSS on CPU (``max_memory_allocated`` on
+a GPU). Not modelled: communication buckets.
 """
 
 from dataclasses import asdict, dataclass, field
@@ -13,6 +15,7 @@ from ..config import Config
 from ..layers.weights import param_info
 from . import activations as act
 from .inventory import stage_params, total_params
+from .process import process_extras
 from .states import STATE_KEYS, fp8_scaling_state, fp8_weight_cache, model_states
 
 GIB = 1 << 30
@@ -49,10 +52,16 @@ class MemoryPlan:
     high_precision_state_bytes: int = 0
     design_high_precision_bytes_per_param: float = 0.0
     stage_totals: list = field(default_factory=list)  # fullest rank of each stage, bytes
+    process: dict = field(default_factory=dict)  # beyond the categories: baseline, step_transients, allocator_slack
 
     @property
     def total(self) -> int:
         return sum(self.bytes.values())
+
+    @property
+    def process_peak(self) -> int:
+        """The predicted process peak: the categories plus what the process holds besides."""
+        return self.total + sum(self.process.values())
 
     @property
     def planned_bytes_per_param(self) -> float:
@@ -74,7 +83,7 @@ class MemoryPlan:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d.update(total=self.total, planned_bytes_per_param=self.planned_bytes_per_param,
+        d.update(total=self.total, process_peak=self.process_peak, planned_bytes_per_param=self.planned_bytes_per_param,
                  planned_linear_bytes_per_param=self.planned_linear_bytes_per_param)
         return d
 
@@ -100,9 +109,11 @@ def _stage_activations(config: Config, pp_rank: int, in_flight: int, cuda: bool)
 
 
 def plan_memory(config: Config, world_size: int, device: str = "cuda", recompute: bool = False,
-                pp_rank: int | None = None, dp_rank: int | None = None) -> MemoryPlan:
+                pp_rank: int | None = None, dp_rank: int | None = None,
+                fixed_mmap_threshold: bool = False) -> MemoryPlan:
     """Plan one GPU: the fullest one unless ``pp_rank``/``dp_rank`` pick a rank. Activations follow the
     config's --recompute-* flags; ``recompute=True`` plans every layer recomputed whatever they say.
+    ``fixed_mmap_threshold``: the CPU run fixes glibc's mmap threshold (less allocator slack, process.py).
 
     ``config.model.vocab_size`` must be the padded vocabulary (as GPTModel sees it). ``device`` selects
     the kernels whose saved tensors differ (fused dropout and attention on ``cuda``).
@@ -134,6 +145,8 @@ def plan_memory(config: Config, world_size: int, device: str = "cuda", recompute
                 high_precision_state_bytes=sum(high[d].values())))
         stage_totals.append(max(sum(c["bytes"].values()) for c in candidates if c["pp_rank"] == r))
     worst = max(candidates, key=lambda c: sum(c["bytes"].values()))
+    worst["process"] = process_extras(config, worst["bytes"]["activations"], worst["pp_rank"] == pp - 1, device,
+                                      fixed_mmap_threshold)
     layout = dict(tp=p.tensor_model_parallel_size, pp=pp, dp=dp, sp=p.sequence_parallel,
                   distributed_optimizer=p.use_distributed_optimizer, world_size=world_size)
     design = policy.eligible_bytes_per_param(dp, p.use_distributed_optimizer)

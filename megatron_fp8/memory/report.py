@@ -52,6 +52,10 @@ def level_table(plans: dict, budget_gib: float | None) -> str:
     rows.append(row("  log's activations_peak", [plans[x].as_trainer_memory()["activations_peak"] for x in levels]))
     rows.append("-" * len(head))
     rows.append(row("total", [plans[x].total for x in levels]))
+    for key, label in (("baseline", "+ import baseline"), ("step_transients", "+ step transients"),
+                       ("allocator_slack", "+ allocator slack")):
+        rows.append(row(label, [plans[x].process.get(key, 0) for x in levels]))
+    rows.append(row("process peak", [plans[x].process_peak for x in levels]))
     if budget_gib:
         rows.append(f"{f'fits in {budget_gib:g} GiB':26s}"
                     + "".join(f"{'yes' if plans[x].total <= budget_gib * GIB else 'NO':>10s}" for x in levels))
