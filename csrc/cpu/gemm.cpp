@@ -8,6 +8,7 @@
 // machine every team start-up also waits for a time slice. Here the operands decode into a workspace
 // that the caller keeps between calls, and the threads meet once (after decoding the shared operand).
 #include <algorithm>
+#include <cmath>
 
 #include "common.h"
 #include "mfp8/kernels.h"
@@ -73,10 +74,15 @@ const float* row_ptr(const Fp8GemmOperand& op, const Stored& s, const float* ws,
   return op.transposed ? ws + e : ws + e * s.cols;
 }
 
-// Rowwise scales and the output dtype, on rows [m0, m1) x columns [n0, n1) of the float32 result.
+// Scales not folded into the GEMM and the output dtype, on rows [m0, m1) x columns [n0, n1) of the
+// float32 result: rowwise scales, and a non-finite tensorwise one (an overflow marked by a NaN scale_inv:
+// BLAS need not propagate a NaN alpha, and the result must be NaN as _scaled_mm's is).
 void epilogue(const Fp8GemmArgs& g, float* c, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  const bool alpha_after = !std::isfinite(g.alpha);
   for (int64_t i = m0; i < m1; ++i) {
     float* __restrict row = c + i * g.n;
+    if (alpha_after)
+      for (int64_t j = n0; j < n1; ++j) row[j] = row[j] * g.alpha;
     if (g.row_scale_a != nullptr) {
       const float sa = g.row_scale_a[i];
       const float* __restrict sb = g.col_scale_b;
@@ -125,7 +131,8 @@ void fp8_gemm_cpu(const Fp8GemmArgs& g, float* ws) {
     if (e1 > e0) {
       const int64_t m0 = split_n ? 0 : e0, m1 = split_n ? g.m : e1;
       const int64_t n0 = split_n ? e0 : 0, n1 = split_n ? e1 : g.n;
-      g.gemm(g.a.transposed, g.b.transposed, m1 - m0, n1 - n0, g.k, g.alpha, row_ptr(g.a, sa, wa, m0), sa.cols,
+      const float alpha = std::isfinite(g.alpha) ? g.alpha : 1.0f;
+      g.gemm(g.a.transposed, g.b.transposed, m1 - m0, n1 - n0, g.k, alpha, row_ptr(g.a, sa, wa, m0), sa.cols,
              row_ptr(g.b, sb, wb, n0), sb.cols, c + m0 * g.n + n0, g.n, g.gemm_ctx);
       epilogue(g, c, m0, m1, n0, n1);
     }

@@ -26,7 +26,7 @@ from . import kernel_build, reference
 from .reference import AdamWHyper, AdamWTensors  # noqa: F401 - re-exported
 
 __all__ = ["BACKEND", "LOCATION", "AdamWHyper", "AdamWTensors", "scale_cast_amax", "cast_transpose_amax",
-           "fp8_accumulate", "sum_shards", "adamw_step"]
+           "fp8_accumulate", "sum_shards", "adamw_step", "fp8_gemm"]
 
 REQUIRE_ENV = "MEGATRON_FP8_REQUIRE_KERNELS"
 SELECT_ENV = "MEGATRON_FP8_KERNELS"
@@ -181,6 +181,23 @@ def sum_shards(shards: torch.Tensor, scale_invs: torch.Tensor, out_dtype: torch.
         return _state().ext.sum_shards(shards.contiguous(), scale_invs.contiguous(), out_dtype, float(factor),
                                        int(margin), prev_scale_inv)
     return reference.sum_shards(shards, scale_invs, out_dtype, factor, margin, prev_scale_inv)
+
+
+_FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+
+
+def fp8_gemm(a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor, scale_b: torch.Tensor, scaling: str,
+             out_dtype: torch.dtype, a_transposed: bool = False, b_transposed: bool = False) -> torch.Tensor:
+    """FP8 GEMM ``a @ b.T`` with float32 accumulation (reference.fp8_gemm: equal up to summation order).
+    The extension runs it on CPUs (csrc/cpu/gemm.cpp); other devices get the reference."""
+    device = a.device
+    if (device.type == "cpu" and "cpu" in _state().devices and a.dtype in _FP8 and b.dtype in _FP8
+            and a.dim() == b.dim() == 2 and b.device == device and out_dtype in _DTYPES[:3]
+            and all(isinstance(s, torch.Tensor) and s.dtype == torch.float32 and s.device == device
+                    for s in (scale_a, scale_b))):
+        return _state().ext.fp8_gemm(a.contiguous(), b.contiguous(), scale_a.contiguous(), scale_b.contiguous(),
+                                     scaling, out_dtype, a_transposed, b_transposed)
+    return reference.fp8_gemm(a, b, scale_a, scale_b, scaling, out_dtype, a_transposed, b_transposed)
 
 
 def _adamw_fields(t: AdamWTensors):
