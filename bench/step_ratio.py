@@ -17,7 +17,6 @@ import statistics
 import time
 
 import torch
-
 from cpu_gemm import cpu_flags
 from results_io import save_results
 from train_step import level_step
