@@ -228,9 +228,12 @@ mfp8::Fp8GemmOperand gemm_operand(const Tensor& t, bool transposed, const std::o
 // out = (a @ b.T) scaled, for a [M, K] (stored [K, M] when a_transposed) and b [N, K] (stored [K, N] when
 // b_transposed), FP8 on the CPU. Scales: "tensorwise" (scale_a, scale_b one element each), "rowwise"
 // ([M] and [N] elements), "block" (scale_a [M, ceil(K/128)], scale_b [N, ceil(K/128)], applied while
-// decoding). Float32 accumulation; out_dtype float32, bfloat16 or float16.
+// decoding). Float32 accumulation; out_dtype float32, bfloat16 or float16. blocks_per_thread: how finely
+// the larger of M and N is split (blocks taken dynamically; more blocks cost more BLAS packing of the
+// shared operand, fewer leave a late-starting thread's share to it alone).
 Tensor fp8_gemm(const Tensor& a, const Tensor& b, const Tensor& scale_a, const Tensor& scale_b,
-                const std::string& scaling, at::ScalarType out_dtype, bool a_transposed, bool b_transposed) {
+                const std::string& scaling, at::ScalarType out_dtype, bool a_transposed, bool b_transposed,
+                int64_t blocks_per_thread) {
   TORCH_CHECK(a.dim() == 2 && b.dim() == 2, "fp8_gemm: operands must be 2-D, got ", a.sizes(), " and ", b.sizes());
   const int64_t m = a_transposed ? a.size(1) : a.size(0), k = a_transposed ? a.size(0) : a.size(1);
   const int64_t n = b_transposed ? b.size(1) : b.size(0), kb = b_transposed ? b.size(0) : b.size(1);
@@ -266,8 +269,10 @@ Tensor fp8_gemm(const Tensor& a, const Tensor& b, const Tensor& scale_a, const T
   g.out_dtype = to_dtype(kernel_out, "out");
   g.gemm = &aten_sgemm;
   g.gemm_ctx = nullptr;
+  TORCH_CHECK(blocks_per_thread >= 1, "fp8_gemm: blocks_per_thread must be >= 1");
+  g.blocks_per_thread = blocks_per_thread;
+  sync_threads();  // the workspace depends on the thread count
   float* ws = gemm_workspace(mfp8::fp8_gemm_workspace_floats(g));
-  sync_threads();
   {
     const py::gil_scoped_release no_gil;  // other Python threads (data loading) run meanwhile
     mfp8::fp8_gemm_cpu(g, ws);
@@ -374,7 +379,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sum_shards", &sum_shards, py::arg("shards"), py::arg("scale_invs"), py::arg("out_dtype"),
         py::arg("factor") = 1.0, py::arg("margin") = 0, py::arg("prev_scale_inv") = py::none());
   m.def("fp8_gemm", &fp8_gemm, py::arg("a"), py::arg("b"), py::arg("scale_a"), py::arg("scale_b"),
-        py::arg("scaling"), py::arg("out_dtype"), py::arg("a_transposed") = false, py::arg("b_transposed") = false);
+        py::arg("scaling"), py::arg("out_dtype"), py::arg("a_transposed") = false, py::arg("b_transposed") = false,
+        py::arg("blocks_per_thread") = 2);
   m.def("adamw_step", &adamw_step, py::arg("tensors"), py::arg("consts"), py::arg("margin"),
         "tensors: one 10-field list per parameter (AdamWTensors order); consts: AdamWHyper.constants()");
 #if defined(MFP8_WITH_CUDA)

@@ -1,12 +1,12 @@
-// FP8 GEMM on the CPU at the float32 rate, in one OpenMP region: each thread decodes its share of the
-// FP8 operands to float32 in a reused workspace (block scales applied while decoding), runs the float32
-// GEMM (the caller's BLAS, on one thread) on its own block of output columns (or rows), and applies the
-// epilogue (rowwise scales, BF16 rounding) to that block while it is still in cache.
+// FP8 GEMM on the CPU at the float32 rate, in one OpenMP region: the threads decode the FP8 operands to
+// float32 in a reused workspace (block scales applied while decoding) and, block by block of output
+// columns (or rows), decode that block's rows of the other operand, run the float32 GEMM (the caller's
+// BLAS, on one thread) and apply the epilogue (rowwise scales, BF16 rounding) while it is in cache.
 //
 // Why one region: the decode, GEMM and epilogue as separate torch ops cost a thread-team start-up each,
 // and a fresh float32 temporary per operand (page faults and zeroing for every large one); on a loaded
 // machine every team start-up also waits for a time slice. Here the operands decode into a workspace
-// that the caller keeps between calls, and the threads meet once (after decoding the shared operand).
+// that the caller keeps between calls, and the threads meet once, at the end.
 #include <algorithm>
 #include <cmath>
 
@@ -55,12 +55,6 @@ Stored stored(const Fp8GemmOperand& op, int64_t rows, int64_t k) {
   return op.transposed ? Stored{k, rows} : Stored{rows, k};
 }
 
-// Decode the whole operand's storage rows [lo, hi) of this thread's split of them.
-void decode_share(const Fp8GemmOperand& op, const Stored& s, float* ws, int t, int nt) {
-  const int64_t per = (s.rows + nt - 1) / nt, lo = std::min(s.rows, t * per), hi = std::min(s.rows, lo + per);
-  decode(op, s.cols, ws, lo, hi, 0, s.cols);
-}
-
 // Decode the logical rows [e0, e1) of an operand (storage rows, or a column stripe when transposed).
 void decode_rows(const Fp8GemmOperand& op, const Stored& s, float* ws, int64_t e0, int64_t e1) {
   if (op.transposed)
@@ -97,41 +91,66 @@ void epilogue(const Fp8GemmArgs& g, float* c, int64_t m0, int64_t m1, int64_t n0
 
 // Below this many multiply-adds the GEMM runs on one thread (team start-up would cost more).
 constexpr int64_t kSerialMacs = int64_t{1} << 20;
-// Each thread's block of the split dimension is a multiple of this (whole cache lines of the output).
+// Blocks of the split dimension are multiples of this (whole cache lines of the output).
 constexpr int64_t kSplitUnit = 16;
+
+struct Plan {
+  bool split_n;     // split N (each block: columns of the output, rows of B) or M
+  int64_t extent;   // N or M
+  int64_t block;    // elements of the split dimension per block
+  int64_t blocks;
+  int threads;
+  int64_t shared_floats;  // one thread's decoded copy of the operand every block reads
+};
+
+Plan plan(const Fp8GemmArgs& g) {
+  Plan p{};
+  p.split_n = g.n >= g.m;
+  p.extent = p.split_n ? g.n : g.m;
+  const int64_t units = (p.extent + kSplitUnit - 1) / kSplitUnit;
+  const int64_t threads = g.m * g.n * g.k < kSerialMacs ? 1 : std::min<int64_t>(omp_get_max_threads(), units);
+  const int64_t want = std::min(units, threads * std::max<int64_t>(1, g.blocks_per_thread));
+  p.block = (units + want - 1) / want * kSplitUnit;
+  p.blocks = (p.extent + p.block - 1) / p.block;
+  p.threads = static_cast<int>(std::min<int64_t>(threads, p.blocks));
+  p.shared_floats = (p.split_n ? g.m : g.n) * g.k;
+  return p;
+}
 
 }  // namespace
 
 int64_t fp8_gemm_workspace_floats(const Fp8GemmArgs& g) {
-  return g.m * g.k + g.n * g.k + (g.out_dtype == DType::F32 ? 0 : g.m * g.n);
+  const Plan p = plan(g);
+  return p.threads * p.shared_floats + (p.split_n ? g.n : g.m) * g.k +
+         (g.out_dtype == DType::F32 ? 0 : g.m * g.n);
 }
 
+// Each thread decodes the whole shared operand (A when N is split, else B) into its own copy, so no
+// thread waits for another before its GEMMs: on a loaded machine a worker often starts a time slice
+// late, and the threads that did start take its blocks meanwhile (dynamic schedule). The shared
+// operand is the small one at the model's shapes (256 tokens x K), so the copies cost little.
 void fp8_gemm_cpu(const Fp8GemmArgs& g, float* ws) {
-  float* wa = ws;
-  float* wb = wa + g.m * g.k;
-  float* c = g.out_dtype == DType::F32 ? static_cast<float*>(g.out) : wb + g.n * g.k;
+  const Plan p = plan(g);
+  float* own_ws = ws + p.threads * p.shared_floats;
+  float* c = g.out_dtype == DType::F32 ? static_cast<float*>(g.out) : own_ws + p.extent * g.k;
   const Stored sa = stored(g.a, g.m, g.k), sb = stored(g.b, g.n, g.k);
-  // Split the larger of M and N: each thread decodes its own rows of that operand (A or B) and its share
-  // of the other one, which every thread reads (one barrier).
-  const bool split_n = g.n >= g.m;
-  const int64_t extent = split_n ? g.n : g.m;
-  const int64_t units = (extent + kSplitUnit - 1) / kSplitUnit;
-  int64_t threads = std::min<int64_t>(omp_get_max_threads(), units);
-  if (g.m * g.n * g.k < kSerialMacs) threads = 1;
-#pragma omp parallel num_threads(static_cast<int>(threads))
+  const Fp8GemmOperand& shared = p.split_n ? g.a : g.b;
+  const Fp8GemmOperand& own = p.split_n ? g.b : g.a;
+  const Stored& ss = p.split_n ? sa : sb;
+  const Stored& so = p.split_n ? sb : sa;
+  const float alpha = std::isfinite(g.alpha) ? g.alpha : 1.0f;
+#pragma omp parallel num_threads(p.threads)
   {
-    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    const int64_t per = (units + nt - 1) / nt;
-    const int64_t e0 = std::min(extent, t * per * kSplitUnit), e1 = std::min(extent, (t + 1) * per * kSplitUnit);
-    const Fp8GemmOperand& shared = split_n ? g.a : g.b;
-    const Fp8GemmOperand& own = split_n ? g.b : g.a;
-    decode_share(shared, split_n ? sa : sb, split_n ? wa : wb, t, nt);
-    decode_rows(own, split_n ? sb : sa, split_n ? wb : wa, e0, e1);
-#pragma omp barrier
-    if (e1 > e0) {
-      const int64_t m0 = split_n ? 0 : e0, m1 = split_n ? g.m : e1;
-      const int64_t n0 = split_n ? e0 : 0, n1 = split_n ? e1 : g.n;
-      const float alpha = std::isfinite(g.alpha) ? g.alpha : 1.0f;
+    float* shared_ws = ws + omp_get_thread_num() * p.shared_floats;
+    decode(shared, ss.cols, shared_ws, 0, ss.rows, 0, ss.cols);
+    const float* wa = p.split_n ? shared_ws : own_ws;
+    const float* wb = p.split_n ? own_ws : shared_ws;
+#pragma omp for schedule(dynamic, 1) nowait
+    for (int64_t blk = 0; blk < p.blocks; ++blk) {
+      const int64_t e0 = blk * p.block, e1 = std::min(p.extent, e0 + p.block);
+      decode_rows(own, so, own_ws, e0, e1);
+      const int64_t m0 = p.split_n ? 0 : e0, m1 = p.split_n ? g.m : e1;
+      const int64_t n0 = p.split_n ? e0 : 0, n1 = p.split_n ? e1 : g.n;
       g.gemm(g.a.transposed, g.b.transposed, m1 - m0, n1 - n0, g.k, alpha, row_ptr(g.a, sa, wa, m0), sa.cols,
              row_ptr(g.b, sb, wb, n0), sb.cols, c + m0 * g.n + n0, g.n, g.gemm_ctx);
       epilogue(g, c, m0, m1, n0, n1);

@@ -86,6 +86,7 @@ struct Fp8GemmArgs {
   DType out_dtype;
   SgemmFn gemm;
   void* gemm_ctx;
+  int64_t blocks_per_thread;  // blocks of the split dimension per thread, taken dynamically (>= 1)
 };
 
 // Floats of workspace fp8_gemm_cpu needs (the decoded operands, and a float32 result for a BF16 output).
