@@ -96,6 +96,17 @@ std::tuple<Tensor, Tensor> scale_cast_amax(const Tensor& x, const Tensor& scale,
   return {out, amax};
 }
 
+Tensor amax(const Tensor& x) {
+  check_dense(x, "x");
+  TORCH_CHECK(x.device().is_cpu(), "amax: the kernel runs on CPU tensors, got one on ", x.device());
+  const DType xd = to_dtype(x.scalar_type(), "x");
+  Tensor out = new_scalar(x);
+  sync_threads();
+  const py::gil_scoped_release no_gil;
+  mfp8::amax_cpu(x.data_ptr(), xd, x.numel(), out.data_ptr<float>());
+  return out;
+}
+
 std::tuple<Tensor, Tensor, Tensor> cast_transpose_amax(const Tensor& x, const Tensor& scale,
                                                        at::ScalarType out_dtype) {
   TORCH_CHECK(x.dim() == 2, "cast_transpose expects a 2-D tensor, got shape ", x.sizes());
@@ -373,6 +384,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::module_::import("torch");  // registers the Tensor type before any function is called
   m.doc() = "megatron_fp8 csrc kernels (see megatron_fp8/fp8/reference.py for the semantics)";
   m.def("scale_cast_amax", &scale_cast_amax, py::arg("x"), py::arg("scale"), py::arg("out_dtype"));
+  m.def("amax", &amax, py::arg("x"));
   m.def("cast_transpose_amax", &cast_transpose_amax, py::arg("x"), py::arg("scale"), py::arg("out_dtype"));
   m.def("fp8_accumulate", &fp8_accumulate, py::arg("acc"), py::arg("acc_scale_inv"), py::arg("grad"),
         py::arg("margin") = 0);

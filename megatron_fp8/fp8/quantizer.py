@@ -108,7 +108,7 @@ def weight_operands(weight: torch.Tensor, scale_inv: torch.Tensor | None, dtype:
         w = Fp8Tensor(weight, scale_inv)
         return w, (w.t() if with_transpose else None)
     stored_sinv = scale_inv if (scale_inv is not None and is_scaled(weight.dtype)) else None
-    real_amax = tensor_amax(weight) * (stored_sinv if stored_sinv is not None else 1.0)
+    real_amax = kernels.amax(weight) * (stored_sinv if stored_sinv is not None else 1.0)
     scale = compute_scale_tensor(real_amax, dtype_max(dtype), margin, torch.ones_like(real_amax))
     # FP16 storage is itself scaled: fold both power-of-two scales into one exact cast.
     cast_scale = scale * stored_sinv if stored_sinv is not None else scale

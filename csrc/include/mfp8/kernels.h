@@ -38,6 +38,9 @@ struct AdamWParam {
 void scale_cast_amax_cpu(const void* x, DType x_dtype, void* out, DType out_dtype, int64_t n,
                          const float* scale, float* amax);
 
+// *amax = NaN-propagating max |x| over n stored values (0 for n == 0), read-only: reference.amax.
+void amax_cpu(const void* x, DType x_dtype, int64_t n, float* amax);
+
 // As scale_cast_amax for a row-major rows x cols x, also writing out_t (cols x rows) = out transposed.
 void cast_transpose_amax_cpu(const void* x, DType x_dtype, void* out, void* out_t, DType out_dtype,
                              int64_t rows, int64_t cols, const float* scale, float* amax);
