@@ -4,11 +4,14 @@
 
 Shapes: the forward (x @ W.T), dgrad (g @ W) and wgrad (g.T @ x) GEMMs of the QKV, attention-output and
 two MLP projections (12 layers x hidden 768, sequence 256 x micro-batch 1 = 256 tokens). Contenders, all
-through :mod:`megatron_fp8.fp8.gemm` as the model calls them: the decoded CPU path with tensorwise,
-rowwise and 128x128/1x128 block scales (:mod:`megatron_fp8.fp8.cpu_gemm`), against ``torch.mm`` FP32 on
-the same values (the baseline, first in every interleaved round); also BF16 ``torch.mm`` (BF16 output,
-so not an exact FP8 GEMM: the rate a BF16 path could reach) and, at one small shape only,
-``torch._scaled_mm`` (its CPU kernel takes tens of seconds at the model's shapes).
+through :mod:`megatron_fp8.fp8.gemm` as the model calls them: the decoded CPU kernel with tensorwise,
+rowwise and 128x128/1x128 block scales (:mod:`megatron_fp8.fp8.cpu_gemm`), with both operands row-major
+in K and (tensorwise) with the operands stored as the FP8 linear stores them on CPU (dgrad: W as [K, N];
+wgrad: g and x as [K, M], [K, N]), against ``torch.mm`` FP32 on the same values (the baseline, first in
+every interleaved round); also the previous decoded path (decode to fresh float32 tensors, ``torch.mm``,
+scale), BF16 ``torch.mm`` (BF16 output, so not an exact FP8 GEMM: the rate a BF16 path could reach)
+and, at one small shape only, ``torch._scaled_mm`` (its CPU kernel takes tens of seconds at the model's
+shapes).
 
 ``--isa avx2`` emulates an AVX2-only machine: the script re-runs itself with ``ATEN_CPU_CAPABILITY=avx2``
 (torch's own kernels), ``MKL_ENABLE_INSTRUCTIONS=AVX2`` (MKL's sgemm) and ``ONEDNN_MAX_CPU_ISA=AVX2``
@@ -27,7 +30,7 @@ import torch
 
 from results_io import RESULTS_DIR, save_results
 
-from megatron_fp8.fp8 import cpu_gemm, gemm
+from megatron_fp8.fp8 import cpu_gemm, gemm, kernels
 from megatron_fp8.fp8.blockwise import BLOCK_128x128, TILE_1x128, BlockwiseFp8Tensor
 from megatron_fp8.fp8.formats import E4M3
 from megatron_fp8.fp8.tensor import Fp8Tensor
@@ -79,15 +82,33 @@ def interleaved(fns: dict, rounds: int, warmup: int = 1):
     return med, ratio
 
 
-def contenders(m: int, k: int, n: int, with_scaled_mm: bool) -> dict:
+_ONE = torch.ones(())
+
+
+def previous_decoded(at: Fp8Tensor, bt: Fp8Tensor) -> torch.Tensor:
+    """The decoded GEMM before the csrc kernel, as separate torch ops: decode both operands into fresh
+    float32 tensors (the csrc cast kernel), ``torch.mm``, scale the result."""
+    a32 = kernels.scale_cast_amax(at.data, _ONE, torch.float32)[0]
+    b32 = kernels.scale_cast_amax(bt.data, _ONE, torch.float32)[0]
+    return torch.mm(a32, b32.t()).mul_(at.scale_inv * bt.scale_inv)
+
+
+def contenders(name: str, m: int, k: int, n: int, with_scaled_mm: bool) -> dict:
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(m, k, generator=gen), torch.randn(n, k, generator=gen) * 0.02
     at, bt = Fp8Tensor.quantize_current(a, E4M3), Fp8Tensor.quantize_current(b, E4M3)
+    # How the FP8 linear stores the operands on CPU (fp8/linear.py): dgrad reads W [K, N], wgrad reads
+    # g [K, M] and x [K, N], all as cast (no FP8 transposes), through the GEMM's transpose flags.
+    a_t, b_t = name.endswith(".wgrad"), name.endswith((".dgrad", ".wgrad"))
+    am = Fp8Tensor(at.data.t().contiguous(), at.scale_inv) if a_t else at
+    bm = Fp8Tensor(bt.data.t().contiguous(), bt.scale_inv) if b_t else bt
     ar, br = Fp8Tensor.quantize_rowwise(a, E4M3), Fp8Tensor.quantize_rowwise(b, E4M3)
     ab, bb = BlockwiseFp8Tensor.quantize(a, TILE_1x128, E4M3), BlockwiseFp8Tensor.quantize(b, BLOCK_128x128, E4M3)
     a16, b16 = a.bfloat16(), b.bfloat16()
     fns = {"torch.mm fp32": lambda: torch.mm(a, b.t()),
            "fp8 tensorwise": lambda: gemm.fp8_gemm(at, bt),
+           "fp8 tensorwise, model layout": lambda: gemm.fp8_gemm(am, bm, torch.float32, a_t, b_t),
+           "previous: decode + torch.mm": lambda: previous_decoded(at, bt),
            "fp8 rowwise": lambda: gemm.fp8_gemm(ar, br),
            "fp8 block": lambda: gemm.blockwise_gemm(ab, bb),
            "torch.mm bf16 (bf16 out)": lambda: torch.mm(a16, b16.t())}
@@ -123,7 +144,7 @@ def main(argv=None):
     results = {}
     print(f"{'shape':12s} {'M x K x N':>16s} " + " ".join(f"{c:>26s}" for c in ("GFLOP/s (x torch.mm fp32)",)))
     for name, (m, k, n) in cases.items():
-        fns = contenders(m, k, n, with_scaled_mm=name == "small")
+        fns = contenders(name, m, k, n, with_scaled_mm=name == "small")
         med, ratio = interleaved(fns, a.rounds if name != "small" else 3)
         flops = 2 * m * k * n
         row = {c: {"s": med[c], "gflops": flops / med[c] / 1e9, "vs_torch_mm_fp32": ratio[c]} for c in fns}

@@ -73,7 +73,8 @@ def bench_plain(a, tokens, labels):
     return {"step_time_s": sec, "params": n, "model_state_bytes_per_param": state / n}
 
 
-def bench_level(a, level, tokens, labels):
+def level_step(a, level, tokens, labels):
+    """(trainer, one training step) of our GPT at ``level`` on the given batch, no dropout."""
     cfg = Config(model=ModelConfig(num_layers=a.layers, hidden_size=a.hidden, num_attention_heads=a.heads,
                                    seq_length=a.seq, vocab_size=a.vocab, hidden_dropout=0.0, attention_dropout=0.0),
                  precision=PrecisionConfig(fp8_level=level),
@@ -81,7 +82,12 @@ def bench_level(a, level, tokens, labels):
     trainer = Trainer(cfg)
     batch = {"tokens": tokens, "labels": labels, "loss_mask": torch.ones(tokens.shape),
              "position_ids": torch.arange(a.seq).expand_as(tokens)}
-    sec = time_steps(lambda: trainer.train_step([batch], 1e-4), a.steps)
+    return trainer, lambda: trainer.train_step([batch], 1e-4)
+
+
+def bench_level(a, level, tokens, labels):
+    trainer, step = level_step(a, level, tokens, labels)
+    sec = time_steps(step, a.steps)
     mem = trainer.memory()
     eligible = [(n, p) for n, p in trainer.model.named_parameters() if param_info(p).fp8_eligible]
     n_all, n_elig = sum(p.numel() for p in trainer.params), sum(p.numel() for _, p in eligible)

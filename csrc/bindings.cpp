@@ -96,6 +96,17 @@ std::tuple<Tensor, Tensor> scale_cast_amax(const Tensor& x, const Tensor& scale,
   return {out, amax};
 }
 
+Tensor amax(const Tensor& x) {
+  check_dense(x, "x");
+  TORCH_CHECK(x.device().is_cpu(), "amax: the kernel runs on CPU tensors, got one on ", x.device());
+  const DType xd = to_dtype(x.scalar_type(), "x");
+  Tensor out = new_scalar(x);
+  sync_threads();
+  const py::gil_scoped_release no_gil;
+  mfp8::amax_cpu(x.data_ptr(), xd, x.numel(), out.data_ptr<float>());
+  return out;
+}
+
 std::tuple<Tensor, Tensor, Tensor> cast_transpose_amax(const Tensor& x, const Tensor& scale,
                                                        at::ScalarType out_dtype) {
   TORCH_CHECK(x.dim() == 2, "cast_transpose expects a 2-D tensor, got shape ", x.sizes());
@@ -179,6 +190,105 @@ std::tuple<Tensor, Tensor, Tensor> sum_shards(const Tensor& shards, const Tensor
                          amax.data_ptr<float>());
   }
   return {out, out_sinv, amax};
+}
+
+// ---- FP8 GEMM (CPU) ----------------------------------------------------------------------------------
+
+// mfp8::SgemmFn on torch's BLAS: addmm on non-owning views of the workspace and the output. The kernel
+// calls it from inside its OpenMP region, where torch and MKL run on the calling thread.
+void aten_sgemm(bool a_t, bool b_t, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+                const float* b, int64_t ldb, float* c, int64_t ldc, void*) {
+  const auto f32 = at::TensorOptions().dtype(at::kFloat);
+  auto view = [&](const float* p, int64_t rows, int64_t cols, int64_t ld) {
+    return torch::from_blob(const_cast<float*>(p), {rows, cols}, {ld, 1}, f32);
+  };
+  Tensor a_mk = a_t ? view(a, k, m, lda).t() : view(a, m, k, lda);
+  Tensor b_kn = b_t ? view(b, k, n, ldb) : view(b, n, k, ldb).t();
+  Tensor out = view(c, m, n, ldc);
+  at::addmm_out(out, out, a_mk, b_kn, /*beta=*/0, /*alpha=*/alpha);
+}
+
+// The decoded operands' workspace, kept per calling thread between GEMMs (grown, never shrunk): a fresh
+// float32 temporary per operand would page-fault and zero every large one again.
+float* gemm_workspace(int64_t floats) {
+  thread_local Tensor ws;
+  if (!ws.defined() || ws.numel() < floats) ws = torch::empty({std::max<int64_t>(floats, 1)}, at::kFloat);
+  return ws.data_ptr<float>();
+}
+
+mfp8::Fp8GemmOperand gemm_operand(const Tensor& t, bool transposed, const std::optional<Tensor>& blocks,
+                                  int64_t rows, int64_t k, const char* what) {
+  TORCH_CHECK(t.dim() == 2 && t.device().is_cpu() && t.is_contiguous(), "fp8_gemm: ", what,
+              " must be a contiguous 2-D CPU tensor, got shape ", t.sizes(), " on ", t.device());
+  const DType d = to_dtype(t.scalar_type(), what);
+  TORCH_CHECK(d == DType::E4M3 || d == DType::E5M2, "fp8_gemm: ", what, " must be float8_e4m3fn or float8_e5m2");
+  mfp8::Fp8GemmOperand op{t.data_ptr(), d, transposed, nullptr, 0};
+  if (blocks) {
+    const int64_t nb = (k + mfp8::kGemmBlock - 1) / mfp8::kGemmBlock;
+    TORCH_CHECK(!transposed, "fp8_gemm: block scales need ", what, " stored [rows, K]");
+    TORCH_CHECK(blocks->scalar_type() == at::kFloat && blocks->is_contiguous() && blocks->dim() == 2 &&
+                    blocks->size(0) == rows && blocks->size(1) == nb,
+                "fp8_gemm: ", what, " block scales must be contiguous float32 [", rows, ", ", nb, "], got ",
+                blocks->sizes());
+    op.block_scales = blocks->data_ptr<float>();
+    op.scale_blocks = nb;
+  }
+  return op;
+}
+
+// out = (a @ b.T) scaled, for a [M, K] (stored [K, M] when a_transposed) and b [N, K] (stored [K, N] when
+// b_transposed), FP8 on the CPU. Scales: "tensorwise" (scale_a, scale_b one element each), "rowwise"
+// ([M] and [N] elements), "block" (scale_a [M, ceil(K/128)], scale_b [N, ceil(K/128)], applied while
+// decoding). Float32 accumulation; out_dtype float32, bfloat16 or float16. blocks_per_thread: how finely
+// the larger of M and N is split (blocks taken dynamically; more blocks cost more BLAS packing of the
+// shared operand, fewer leave a late-starting thread's share to it alone).
+Tensor fp8_gemm(const Tensor& a, const Tensor& b, const Tensor& scale_a, const Tensor& scale_b,
+                const std::string& scaling, at::ScalarType out_dtype, bool a_transposed, bool b_transposed,
+                int64_t blocks_per_thread) {
+  TORCH_CHECK(a.dim() == 2 && b.dim() == 2, "fp8_gemm: operands must be 2-D, got ", a.sizes(), " and ", b.sizes());
+  const int64_t m = a_transposed ? a.size(1) : a.size(0), k = a_transposed ? a.size(0) : a.size(1);
+  const int64_t n = b_transposed ? b.size(1) : b.size(0), kb = b_transposed ? b.size(0) : b.size(1);
+  TORCH_CHECK(k == kb, "fp8_gemm: inner dimensions differ (", k, " and ", kb, ")");
+  TORCH_CHECK(out_dtype == at::kFloat || out_dtype == at::kBFloat16 || out_dtype == at::kHalf,
+              "fp8_gemm: out_dtype must be float32, bfloat16 or float16, got ", out_dtype);
+  const bool block = scaling == "block", rowwise = scaling == "rowwise";
+  TORCH_CHECK(block || rowwise || scaling == "tensorwise", "fp8_gemm: unknown scaling '", scaling, "'");
+  for (const Tensor* s : {&scale_a, &scale_b})
+    TORCH_CHECK(s->scalar_type() == at::kFloat && s->device().is_cpu() && s->is_contiguous(),
+                "fp8_gemm: scales must be contiguous float32 CPU tensors");
+  mfp8::Fp8GemmArgs g{};
+  g.m = m;
+  g.n = n;
+  g.k = k;
+  g.a = gemm_operand(a, a_transposed, block ? std::optional<Tensor>(scale_a) : std::nullopt, m, k, "a");
+  g.b = gemm_operand(b, b_transposed, block ? std::optional<Tensor>(scale_b) : std::nullopt, n, k, "b");
+  g.alpha = 1.0f;
+  if (rowwise) {
+    TORCH_CHECK(scale_a.numel() == m && scale_b.numel() == n, "fp8_gemm: rowwise scales need ", m, " and ", n,
+                " elements, got ", scale_a.numel(), " and ", scale_b.numel());
+    g.row_scale_a = scale_a.data_ptr<float>();
+    g.col_scale_b = scale_b.data_ptr<float>();
+  } else if (!block) {
+    TORCH_CHECK(scale_a.numel() == 1 && scale_b.numel() == 1, "fp8_gemm: tensorwise scales need one element each");
+    g.alpha = scale_a.data_ptr<float>()[0] * scale_b.data_ptr<float>()[0];  // powers of two: exact
+  }
+  const at::ScalarType kernel_out = out_dtype == at::kBFloat16 ? at::kBFloat16 : at::kFloat;
+  Tensor out = torch::empty({m, n}, a.options().dtype(kernel_out));
+  if (k == 0) return out.zero_().to(out_dtype);
+  if (m == 0 || n == 0) return out.to(out_dtype);
+  g.out = out.data_ptr();
+  g.out_dtype = to_dtype(kernel_out, "out");
+  g.gemm = &aten_sgemm;
+  g.gemm_ctx = nullptr;
+  TORCH_CHECK(blocks_per_thread >= 1, "fp8_gemm: blocks_per_thread must be >= 1");
+  g.blocks_per_thread = blocks_per_thread;
+  sync_threads();  // the workspace depends on the thread count
+  float* ws = gemm_workspace(mfp8::fp8_gemm_workspace_floats(g));
+  {
+    const py::gil_scoped_release no_gil;  // other Python threads (data loading) run meanwhile
+    mfp8::fp8_gemm_cpu(g, ws);
+  }
+  return out_dtype == kernel_out ? out : out.to(out_dtype);
 }
 
 // One AdamW parameter as a list in reference.AdamWTensors field order:
@@ -289,11 +399,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::module_::import("torch");  // registers the Tensor type before any function is called
   m.doc() = "megatron_fp8 csrc kernels (see megatron_fp8/fp8/reference.py for the semantics)";
   m.def("scale_cast_amax", &scale_cast_amax, py::arg("x"), py::arg("scale"), py::arg("out_dtype"));
+  m.def("amax", &amax, py::arg("x"));
   m.def("cast_transpose_amax", &cast_transpose_amax, py::arg("x"), py::arg("scale"), py::arg("out_dtype"));
   m.def("fp8_accumulate", &fp8_accumulate, py::arg("acc"), py::arg("acc_scale_inv"), py::arg("grad"),
         py::arg("margin") = 0);
   m.def("sum_shards", &sum_shards, py::arg("shards"), py::arg("scale_invs"), py::arg("out_dtype"),
         py::arg("factor") = 1.0, py::arg("margin") = 0, py::arg("prev_scale_inv") = py::none());
+  m.def("fp8_gemm", &fp8_gemm, py::arg("a"), py::arg("b"), py::arg("scale_a"), py::arg("scale_b"),
+        py::arg("scaling"), py::arg("out_dtype"), py::arg("a_transposed") = false, py::arg("b_transposed") = false,
+        py::arg("blocks_per_thread") = 2);
   m.def("adamw_step", &adamw_step, py::arg("tensors"), py::arg("consts"), py::arg("margin"),
         py::arg("sr_seeds") = std::vector<int64_t>{},
         "tensors: one 10-field list per parameter (AdamWTensors order); consts: AdamWHyper.constants(); "

@@ -1,4 +1,5 @@
-// scale_cast_amax and cast_transpose_amax on the CPU: one pass, amax taken from the input values.
+// scale_cast_amax and cast_transpose_amax on the CPU: one pass, amax taken from the input values; and
+// amax alone (a weight's, before its current-scaling cast).
 #include <algorithm>
 #include <cstring>
 
@@ -119,7 +120,27 @@ void cast_transpose(const void* xv, void* ov, void* otv, int64_t rows, int64_t c
   *amax = u2f(m);
 }
 
+template <DType I>
+uint32_t amax_span(const typename Traits<I>::T* __restrict x, int64_t lo, int64_t hi) {
+  uint32_t m = 0;
+  for (int64_t i = lo; i < hi; ++i) m = std::max(m, abs_bits(Traits<I>::decode(x[i])));
+  return m;
+}
+
 }  // namespace
+
+void amax_cpu(const void* xv, DType x_dtype, int64_t n, float* amax) {
+  uint32_t m = 0;
+  dispatch_dtype(x_dtype, [&](auto ti) {
+    const auto* x = static_cast<const typename Traits<decltype(ti)::value>::T*>(xv);
+#pragma omp parallel if (n >= cpu::kSerialBelow) reduction(max : m)
+    {
+      const cpu::Range r = cpu::thread_range(n);
+      m = std::max(m, amax_span<decltype(ti)::value>(x, r.lo, r.hi));
+    }
+  });
+  *amax = u2f(m);
+}
 
 void scale_cast_amax_cpu(const void* x, DType x_dtype, void* out, DType out_dtype, int64_t n,
                          const float* scale, float* amax) {

@@ -5,8 +5,9 @@ column-major view, the layout cuBLASLt requires on GPUs; the CPU kernel accepts 
 serves both. Products are accumulated in float32 and scaled by ``scale_inv_a * scale_inv_b``. On CUDA the
 operands are first padded to cuBLASLt's rules (:mod:`.gemm_rules`), so the model's GEMMs are never refused.
 
-On CPU the GEMMs run decoded on ``torch.mm`` instead (:mod:`.cpu_gemm`: same exact products, float32
-accumulation, three orders of magnitude faster than ``_scaled_mm``'s CPU kernel).
+On CPU the GEMMs run decoded instead (:mod:`.cpu_gemm`: same exact products, float32 accumulation, at
+the float32 GEMM rate, three orders of magnitude faster than ``_scaled_mm``'s CPU kernel), and take
+operands stored transposed as they are.
 
 What ``_scaled_mm`` still refuses (a GPU older than compute capability 8.9, a torch without FP8 GEMMs on
 this device) falls back to dequantize-and-matmul in float32. Only its own refusals do: running out of
@@ -98,7 +99,7 @@ def _scale_b(b: Fp8Tensor) -> torch.Tensor:
 
 
 def _scaled_mm(a_data, b_data, scale_a, scale_b, out_dtype) -> torch.Tensor:
-    if cpu_gemm.use_decode(a_data.device):  # CPU: decoded operands on torch.mm (exact products, fast)
+    if cpu_gemm.use_decode(a_data.device):  # CPU: decoded operands, float32 GEMM (exact products, fast)
         return cpu_gemm.scaled_mm(a_data, b_data, scale_a, scale_b, out_dtype)
     rules = gemm_rules.rules_for(a_data.device)
     gemm_rules.check_dtypes(a_data, b_data, rules)  # a refusal we can name: raised, never a fallback
@@ -116,12 +117,25 @@ def _scaled_mm(a_data, b_data, scale_a, scale_b, out_dtype) -> torch.Tensor:
     return cpu_gemm.scaled_mm(a_data, b_data, scale_a, scale_b, out_dtype)  # device-agnostic dequantize+mm
 
 
-def fp8_gemm(a: Fp8Tensor, b: Fp8Tensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``a @ b.T`` for a [M, K] and b [N, K], tensorwise or rowwise scaled (both the same kind)."""
+def fp8_gemm(a: Fp8Tensor, b: Fp8Tensor, out_dtype: torch.dtype = torch.float32, a_transposed: bool = False,
+             b_transposed: bool = False) -> torch.Tensor:
+    """``a @ b.T`` for a [M, K] and b [N, K], tensorwise or rowwise scaled (both the same kind).
+
+    ``a_transposed``/``b_transposed``: the tensor given is the operand's transpose ([K, M] / [K, N]),
+    tensorwise scaled. The CPU kernel reads it as it is stored (a transpose flag of its GEMM); elsewhere
+    an FP8 transpose is made first.
+    """
     if a.rowwise != b.rowwise:
         raise ValueError("fp8_gemm operands must both be tensorwise or both rowwise scaled")
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"fp8_gemm: inner dimensions differ, {tuple(a.shape)} @ {tuple(b.shape)}.T")
+    k_a, k_b = a.shape[0 if a_transposed else 1], b.shape[0 if b_transposed else 1]
+    if k_a != k_b:
+        raise ValueError(f"fp8_gemm: inner dimensions differ, {tuple(a.shape)}{'.T' if a_transposed else ''} @ "
+                         f"{tuple(b.shape)}{'' if b_transposed else '.T'}")
+    if (a_transposed or b_transposed) and cpu_gemm.use_decode(a.data.device):
+        if a.rowwise:
+            raise ValueError("fp8_gemm: a transposed operand must be tensorwise scaled")
+        return cpu_gemm.scaled_mm(a.data, b.data, a.scale_inv, b.scale_inv, out_dtype, a_transposed, b_transposed)
+    a, b = (a.t() if a_transposed else a), (b.t() if b_transposed else b)
     return _scaled_mm(a.data, b.data, a.scale_inv, _scale_b(b), out_dtype)
 
 

@@ -4,7 +4,13 @@ Forward: x and W in E4M3. Backward: the output gradient in E5M2 (``hybrid``) or 
 ``g @ W``, wgrad = ``g.T @ x``, both FP8 GEMMs with float32 accumulation. The weight gradient either
 returns to autograd in high precision (``gemm`` level) or is added into ``weight.main_grad``: a float
 tensor (Megatron's fused gradient accumulation) or an :class:`Fp8Tensor`, accumulated in FP8 with a
-fresh scale (dequantize-add-requantize, O1-O3). Only the FP8 transpose of x is kept for backward.
+fresh scale (dequantize-add-requantize, O1-O3). Only FP8 x is kept for backward.
+
+GEMMs that need both operands row-major in K (cuBLASLt's "TN", and blockwise scaling, whose 1x128 tiles
+run along each GEMM's K) get FP8 transposes of W, x and g, made in the same pass as the casts
+(cast_transpose), and backward keeps x's transpose. The CPU's decoded GEMMs read an operand stored
+transposed as it is (:mod:`.cpu_gemm`), so there, with tensorwise scales, nothing is transposed: the
+casts write one copy, the weight cache holds one, and backward keeps x as cast (:func:`needs_transposes`).
 """
 
 from typing import Protocol
@@ -12,7 +18,7 @@ from typing import Protocol
 import torch
 import torch.nn as nn
 
-from . import stats_points
+from . import cpu_gemm, stats_points
 from .blockwise import TILE_1x128, BlockwiseFp8Tensor
 from .formats import E4M3, is_fp8, is_scaled
 from .gemm import blockwise_gemm, fp8_gemm
@@ -30,10 +36,15 @@ class SequenceParallelOps(Protocol):
     def reduce_scatter(self, t: torch.Tensor) -> torch.Tensor: ...  # sum, keep this rank's rows
 
 
-def _gemm(a, b, out_dtype):
+def _gemm(a, b, out_dtype, a_transposed=False, b_transposed=False):
     if isinstance(a, BlockwiseFp8Tensor):
         return blockwise_gemm(a, b, out_dtype)
-    return fp8_gemm(a, b, out_dtype)
+    return fp8_gemm(a, b, out_dtype, a_transposed, b_transposed)
+
+
+def needs_transposes(device: torch.device, blockwise: bool) -> bool:
+    """Whether the FP8 linear on ``device`` makes FP8 transposes (see the module docstring)."""
+    return blockwise or not cpu_gemm.use_decode(device)
 
 
 class Fp8LinearState:
@@ -56,11 +67,11 @@ class Fp8LinearState:
         self.stats_name = layer
         self.input_quantizer.stats_name, self.grad_quantizer.stats_name = f"{layer}.input", f"{layer}.grad_output"
 
-    def weight_operands(self, weight: torch.Tensor, scale_inv: torch.Tensor | None):
-        key = (weight.data_ptr(), weight._version)
+    def weight_operands(self, weight: torch.Tensor, scale_inv: torch.Tensor | None, with_transpose: bool = True):
+        key = (weight.data_ptr(), weight._version, with_transpose)
         if key != self._weight_key:
-            self._weight = weight_operands(weight, scale_inv, E4M3,
-                                           self.recipe.recipe == "blockwise", self.recipe.margin)
+            self._weight = weight_operands(weight, scale_inv, E4M3, self.recipe.recipe == "blockwise",
+                                           self.recipe.margin, with_transpose)
             self._weight_key = key
             if RECORDER.active and self.stats_name and weight.dtype != E4M3:  # O3: the optimizer cast it
                 stats_points.weight_operand(self.stats_name, weight, scale_inv, self._weight[0])
@@ -113,17 +124,19 @@ class _Fp8LinearFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, state: Fp8LinearState, weight_scale_inv):
         in_features = x.shape[-1]
         x2d = x.reshape(-1, in_features)
-        w, w_t = state.weight_operands(weight, weight_scale_inv)
+        transposes = needs_transposes(x.device, state.recipe.recipe == "blockwise")
+        w, w_t = state.weight_operands(weight, weight_scale_inv, transposes)
         need_wgrad = ctx.needs_input_grad[1]  # False under no_grad / for frozen weights
-        xq, xq_t = state.quantize_input(x2d, need_wgrad)
+        xq, xq_t = state.quantize_input(x2d, need_wgrad and transposes)
         out = _gemm(xq, w, x.dtype)
         if bias is not None:
             out = out + bias
         gathered = xq.shape[0] // max(1, x2d.shape[0])  # TP size under sequence parallelism, else 1
-        # The FP8 transpose of x is the only activation kept; save_for_backward lets memory meters see it.
-        ctx.save_for_backward(*((xq_t.data, xq_t.scale_inv) if xq_t is not None else ()))
-        ctx.xq_t_kind = (type(xq_t), getattr(xq_t, "block", None))
-        ctx.state, ctx.w_t, ctx.weight = state, w_t, weight
+        # FP8 x (or its transpose) is the only activation kept; save_for_backward lets memory meters see it.
+        kept = (xq_t if transposes else xq) if need_wgrad else None
+        ctx.save_for_backward(*((kept.data, kept.scale_inv) if kept is not None else ()))
+        ctx.xq_t_kind = (type(kept), getattr(kept, "block", None))
+        ctx.state, ctx.w_t, ctx.weight, ctx.transposes = state, (w_t if transposes else w), weight, transposes
         ctx.x_shape, ctx.has_bias = x.shape, bias is not None
         return out.reshape(x.shape[0] * gathered, *x.shape[1:-1], out.shape[-1])
 
@@ -132,16 +145,18 @@ class _Fp8LinearFunction(torch.autograd.Function):
         state, weight = ctx.state, ctx.weight
         g2d = grad_out.reshape(-1, grad_out.shape[-1]).contiguous()
         need_wgrad = ctx.needs_input_grad[1]
-        gq, gq_t = state.grad_quantizer.quantize(g2d, with_transpose=need_wgrad)
+        flip = not ctx.transposes  # operands stored transposed, read through the GEMM's flags
+        gq, gq_t = state.grad_quantizer.quantize(g2d, with_transpose=need_wgrad and ctx.transposes)
         dx = None
         if ctx.needs_input_grad[0]:
-            dx = _gemm(gq, ctx.w_t, grad_out.dtype)
+            dx = _gemm(gq, ctx.w_t, grad_out.dtype, b_transposed=flip)
             if state.sequence_parallel is not None:  # adjoint of the input all-gather
                 dx = state.sequence_parallel.reduce_scatter(dx)
             dx = dx.reshape(ctx.x_shape)
         dw = None
         if need_wgrad:
-            dw = accumulate_weight_grad(weight, _gemm(gq_t, _saved_operand(ctx), torch.float32), state.recipe.margin)
+            wgrad = _gemm(gq if flip else gq_t, _saved_operand(ctx), torch.float32, flip, flip)
+            dw = accumulate_weight_grad(weight, wgrad, state.recipe.margin)
         db = g2d.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         ctx.w_t = None
         return dx, dw, db, None, None

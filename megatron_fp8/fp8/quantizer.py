@@ -94,24 +94,25 @@ def _cast(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, with_transpo
 
 
 def weight_operands(weight: torch.Tensor, scale_inv: torch.Tensor | None, dtype: torch.dtype,
-                    blockwise: bool, margin: int = 0):
+                    blockwise: bool, margin: int = 0, with_transpose: bool = True):
     """FP8 operands ``(w, w_t)`` of a weight with current scaling.
 
     ``weight`` may be high precision (``gemm`` level), FP16 + ``scale_inv`` (O1/O2 master) or already
-    FP8 + ``scale_inv`` (O3), in which case only the transpose is made.
+    FP8 + ``scale_inv`` (O3), in which case only the transpose is made. Without ``with_transpose``
+    (tensorwise only: GEMMs that read a transposed operand as stored) ``w_t`` is None.
     """
     if blockwise:
         w = BlockwiseFp8Tensor.quantize(load_stored(weight, scale_inv), BLOCK_128x128, dtype, margin)
         return w, BlockwiseFp8Tensor(w.data.t().contiguous(), w.scale_inv.t().contiguous(), BLOCK_128x128)
     if weight.dtype == dtype:
         w = Fp8Tensor(weight, scale_inv)
-        return w, w.t()
+        return w, (w.t() if with_transpose else None)
     stored_sinv = scale_inv if (scale_inv is not None and is_scaled(weight.dtype)) else None
-    real_amax = tensor_amax(weight) * (stored_sinv if stored_sinv is not None else 1.0)
+    real_amax = kernels.amax(weight) * (stored_sinv if stored_sinv is not None else 1.0)
     scale = compute_scale_tensor(real_amax, dtype_max(dtype), margin, torch.ones_like(real_amax))
     # FP16 storage is itself scaled: fold both power-of-two scales into one exact cast.
     cast_scale = scale * stored_sinv if stored_sinv is not None else scale
-    data, data_t, _ = kernels.cast_transpose_amax(weight.contiguous(), cast_scale, dtype)
+    data, data_t, _ = _cast(weight, cast_scale, dtype, with_transpose)
     scale_inv_w = 1.0 / scale
-    return Fp8Tensor(data, scale_inv_w, real_amax), Fp8Tensor(data_t, scale_inv_w)
+    return Fp8Tensor(data, scale_inv_w, real_amax), (Fp8Tensor(data_t, scale_inv_w) if with_transpose else None)
 

@@ -142,6 +142,36 @@ def sum_shards(shards: torch.Tensor, scale_invs: torch.Tensor, out_dtype: torch.
     return store(total, scale, out_dtype), 1.0 / scale, total_amax
 
 
+GEMM_SCALINGS = ("tensorwise", "rowwise", "block")
+GEMM_BLOCK = 128
+
+
+def fp8_gemm(a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor, scale_b: torch.Tensor, scaling: str,
+             out_dtype: torch.dtype, a_transposed: bool = False, b_transposed: bool = False) -> torch.Tensor:
+    """FP8 GEMM ``a @ b.T`` scaled, float32 accumulation; equal to the kernel up to float32 summation order.
+
+    ``a`` is [M, K] (stored [K, M] when ``a_transposed``), ``b`` is [N, K] (stored [K, N] when
+    ``b_transposed``). ``scaling``: ``tensorwise`` (one scale_inv each, applied to the result as their
+    product), ``rowwise`` ([M] and [N] scale_invs, applied to the result as ``out * sa[m] * sb[n]``) or
+    ``block`` (scale_inv per row and 128-wide block of K, [M, ceil(K/128)] and [N, ceil(K/128)], applied to
+    the decoded operands, which must then be stored [rows, K]).
+    """
+    if scaling not in GEMM_SCALINGS:
+        raise ValueError(f"fp8_gemm: unknown scaling {scaling!r}")
+    if scaling == "block" and (a_transposed or b_transposed):
+        raise ValueError("fp8_gemm: block scales need operands stored [rows, K]")
+    a32, b32 = a.float(), b.float()
+    if scaling == "block":
+        a32 = a32 * scale_a.repeat_interleave(GEMM_BLOCK, dim=1)[:, :a32.shape[1]]
+        b32 = b32 * scale_b.repeat_interleave(GEMM_BLOCK, dim=1)[:, :b32.shape[1]]
+    out = torch.mm(a32.t() if a_transposed else a32, b32 if b_transposed else b32.t())
+    if scaling == "tensorwise":
+        out.mul_(scale_a.reshape(()) * scale_b.reshape(()))
+    elif scaling == "rowwise":
+        out.mul_(scale_a.reshape(-1, 1)).mul_(scale_b.reshape(1, -1))
+    return out.to(out_dtype)
+
+
 @dataclass
 class AdamWHyper:
     """Hyper-parameters of one AdamW step; ``grad_scale`` multiplies every gradient (e.g. the clip factor)."""

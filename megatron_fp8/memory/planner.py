@@ -11,7 +11,10 @@ a GPU). Not modelled: communication buckets.
 
 from dataclasses import asdict, dataclass, field
 
+import torch
+
 from ..config import Config
+from ..fp8.linear import needs_transposes
 from ..layers.weights import param_info
 from . import activations as act
 from .inventory import stage_params, total_params
@@ -125,12 +128,13 @@ def plan_memory(config: Config, world_size: int, device: str = "cuda", recompute
     pp, cuda = p.pipeline_model_parallel_size, device == "cuda"
     micro_batches = t.global_batch_size // (t.micro_batch_size * dp)
     blockwise = config.precision.recipe.recipe == "blockwise"
+    transposes = needs_transposes(torch.device(device), blockwise)
     candidates, stage_totals = [], []
     for r in range(pp) if pp_rank is None else [pp_rank]:
         params = stage_params(config, r)
         in_flight = min(pp - r, micro_batches) if pp > 1 else 1
         stage = _stage_activations(config, r, in_flight, cuda)
-        fixed = {"fp8_weight_cache": fp8_weight_cache(params, policy, blockwise),
+        fixed = {"fp8_weight_cache": fp8_weight_cache(params, policy, blockwise, transposes),
                  "fp8_scaling_state": fp8_scaling_state(params, policy, config.precision.recipe.amax_history_len),
                  "activations": stage["activations_recompute" if recompute else "activations_configured"]}
         ranks = model_states(params, policy, dp, p.use_distributed_optimizer)

@@ -74,12 +74,14 @@ def model_states(params: list[ParamSpec], policy: PrecisionPolicy, dp_size: int,
     return [{k: replicated[k] + mine[k] for k in STATE_KEYS} for mine in owned]
 
 
-def fp8_weight_cache(params: list[ParamSpec], policy: PrecisionPolicy, blockwise: bool) -> int:
+def fp8_weight_cache(params: list[ParamSpec], policy: PrecisionPolicy, blockwise: bool,
+                     transposes: bool = True) -> int:
     """The FP8 operands each FP8 linear caches between optimizer steps (fp8/quantizer.weight_operands).
 
     A weight already in E4M3 (O3) is its own row-major operand and only the transpose is made; any
     other storage gets both an FP8 copy and its transpose (plus scale_inv and amax). Blockwise scaling
-    always makes both, each with one scale per 128x128 block.
+    always makes both, each with one scale per 128x128 block. Without ``transposes`` (the CPU's decoded
+    GEMMs, fp8/linear.needs_transposes) only the FP8 copy is made, and an E4M3 weight caches nothing.
     """
     if not policy.fp8_gemm:
         return 0
@@ -92,9 +94,9 @@ def fp8_weight_cache(params: list[ParamSpec], policy: PrecisionPolicy, blockwise
             rows, cols = spec.shape
             total += 2 * (n + -(-rows // BLOCK) * -(-cols // BLOCK) * SCALE_BYTES)
         elif policy.weight == E4M3:
-            total += n
+            total += n if transposes else 0
         else:
-            total += 2 * n + 2 * SCALE_BYTES
+            total += (2 * n if transposes else n) + 2 * SCALE_BYTES
     return total
 
 

@@ -104,3 +104,117 @@ def test_path_choice_and_env_var(monkeypatch):
     monkeypatch.setenv(cpu_gemm.ENV, "bf16-please")
     with pytest.raises(ValueError, match=cpu_gemm.ENV):
         gemm.fp8_gemm(a, b)
+
+
+# Shapes large enough for the kernel's multi-threaded path (>= 2^20 multiply-adds), odd in every
+# dimension, splitting N (n >= m) and M (m > n); K crosses several 128-blocks with a ragged last one.
+THREADED = [(67, 301, 131), (203, 263, 59)]
+
+
+def _tensorwise_kernel(a, b, out_dtype, a_t, b_t):
+    """The kernel with operands stored as given (transposed storage when asked)."""
+    a_data = a.data.t().contiguous() if a_t else a.data
+    b_data = b.data.t().contiguous() if b_t else b.data
+    return gemm.fp8_gemm(Fp8Tensor(a_data, a.scale_inv), Fp8Tensor(b_data, b.scale_inv), out_dtype, a_t, b_t)
+
+
+@pytest.mark.parametrize("m,k,n", THREADED)
+@pytest.mark.parametrize("a_t,b_t", [(False, False), (False, True), (True, True), (True, False)])
+def test_transposed_storage_matches_scaled_mm(monkeypatch, m, k, n, a_t, b_t):
+    """Operands stored [K, rows] (the FP8 linear's dgrad and wgrad on CPU) read through the GEMM's flags."""
+    a = quantized(m, k, E5M2, False, seed=7, scale=3.0)
+    b = quantized(n, k, E4M3, False, seed=8, scale=0.02)
+    ref = run("scaled_mm", monkeypatch, gemm.fp8_gemm, a, b)
+    monkeypatch.setenv(cpu_gemm.ENV, "decode")
+    tol = bound(a.dequantize(), b.dequantize(), k)
+    for out_dtype in (torch.float32, torch.bfloat16, torch.float16):
+        out = _tensorwise_kernel(a, b, out_dtype, a_t, b_t)
+        assert out.dtype == out_dtype and out.shape == (m, n)
+        # BF16/FP16 outputs: the float32 results differ within tol, then each rounds (half an ulp each way).
+        rel = {torch.float32: 0.0, torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}[out_dtype]
+        assert ((out.float() - ref).abs() <= tol + rel * ref.abs()).all()
+    if a_t or b_t:  # elsewhere (or with CUDA's rules forced) the transpose is made first: same result
+        monkeypatch.setattr(gemm_rules, "FORCED", gemm_rules.CUBLASLT)
+        assert not cpu_gemm.use_decode(torch.device("cpu"))
+
+
+@pytest.mark.parametrize("m,k,n", THREADED)
+def test_threaded_rowwise_and_tensorwise_match_scaled_mm(monkeypatch, m, k, n):
+    for rowwise in (False, True):
+        a = quantized(m, k, E4M3, rowwise, seed=9, scale=5.0)
+        b = quantized(n, k, E5M2, rowwise, seed=10, scale=0.01)
+        ref = run("scaled_mm", monkeypatch, gemm.fp8_gemm, a, b)
+        out = run("decode", monkeypatch, gemm.fp8_gemm, a, b)
+        assert ((out - ref).abs() <= bound(a.dequantize(), b.dequantize(), k)).all()
+
+
+@pytest.mark.parametrize("m,k,n", THREADED)
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+def test_threaded_blockwise_matches_chunked_scaled_mm(monkeypatch, m, k, n, out_dtype):
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(m, k, generator=gen) * torch.logspace(-3, 3, k)
+    w = torch.randn(n, k, generator=gen) * torch.logspace(1, -2, k) * 0.02
+    a = BlockwiseFp8Tensor.quantize(x, TILE_1x128, E4M3)
+    b = BlockwiseFp8Tensor.quantize(w, BLOCK_128x128, E4M3)
+    ref = run("scaled_mm", monkeypatch, gemm.blockwise_gemm, a, b, out_dtype)
+    out = run("decode", monkeypatch, gemm.blockwise_gemm, a, b, out_dtype)
+    tol = bound(a.dequantize(), b.dequantize(), k)
+    if out_dtype == torch.bfloat16:
+        tol = tol + 2.0 ** -8 * ref.float().abs()
+    assert out.dtype == out_dtype and ((out.float() - ref.float()).abs() <= tol).all()
+
+
+def test_kernel_matches_reference_and_propagates_nan_scales():
+    """The csrc kernel against its pure-torch reference, including an overflow marked by a NaN scale_inv
+    (what ``_scaled_mm`` and the previous decoded path give: NaN everywhere) and an empty K (zeros)."""
+    from megatron_fp8.fp8 import kernels, reference
+
+    a = quantized(130, 257, E4M3, False, seed=12)
+    b = quantized(70, 257, E4M3, False, seed=13)
+    for scaling, sa, sb in (("tensorwise", a.scale_inv, b.scale_inv),
+                            ("rowwise", torch.rand(130, 1) + 0.5, torch.rand(1, 70) + 0.5)):
+        got = kernels.fp8_gemm(a.data, b.data, sa, sb, scaling, torch.float32)
+        want = reference.fp8_gemm(a.data, b.data, sa, sb, scaling, torch.float32)
+        assert ((got - want).abs() <= bound(a.data.float(), b.data.float(), 257) * sa.max() * sb.max()).all()
+    nan = torch.tensor(float("nan"))
+    assert kernels.fp8_gemm(a.data, b.data, nan, b.scale_inv, "tensorwise", torch.float32).isnan().all()
+    empty = kernels.fp8_gemm(a.data[:, :0], b.data[:, :0], a.scale_inv, b.scale_inv, "tensorwise", torch.bfloat16)
+    assert empty.dtype == torch.bfloat16 and empty.shape == (130, 70) and (empty == 0).all()
+    with pytest.raises(RuntimeError, match="inner dimensions"):
+        kernels.fp8_gemm(a.data, b.data[:, :5], a.scale_inv, b.scale_inv, "tensorwise", torch.float32)
+
+
+def test_workspace_reuse_and_concurrent_callers():
+    """The decoded operands live in a workspace kept per calling thread: a smaller GEMM after a larger
+    one, and GEMMs from two Python threads at once, give the results of each GEMM alone."""
+    import threading
+
+    from megatron_fp8.fp8 import kernels
+
+    pairs = [(quantized(m, k, E4M3, False, seed=20 + m), quantized(n, k, E4M3, False, seed=30 + n))
+             for m, k, n in ((300, 280, 200), (40, 96, 33), (90, 400, 250))]
+
+    def gemm_of(pair):
+        a, b = pair
+        return kernels.fp8_gemm(a.data, b.data, a.scale_inv, b.scale_inv, "tensorwise", torch.float32)
+
+    alone = [gemm_of(p) for p in pairs]
+    assert all(torch.equal(gemm_of(p), want) for p, want in zip(pairs, alone))  # same order: same bits
+    results, errors = {}, []
+
+    def worker(tid):
+        try:
+            for rep in range(4):
+                for i, p in enumerate(pairs):
+                    results[(tid, rep, i)] = gemm_of(p)
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for (_, _, i), got in results.items():
+        assert torch.equal(got, alone[i])

@@ -115,6 +115,19 @@ def test_scale_cast_amax_nan_inf_amax():
 
 
 @compiled
+@pytest.mark.parametrize("n", SMALL + [BIG])
+@pytest.mark.parametrize("src", ALL)
+def test_amax(src, n):
+    """The read-only amax (a weight's, before its cast) against reference.amax: finite values, and with
+    inf/NaN among them (NaN propagates, compared as NaN)."""
+    for specials in (False, True):
+        x = stored(values(n, seed=n + 1, specials=specials), src)
+        assert_bitwise(kernels.amax(x), reference.amax(x))
+    x = stored(values(max(n, 1), seed=2, specials=False), src).reshape(-1, 1)[:, 0]  # shaped views work too
+    assert_bitwise(kernels.amax(x), reference.amax(x))
+
+
+@compiled
 def test_scale_cast_amax_strided_and_shaped():
     x = values(6 * 50, seed=3).reshape(6, 50)[:, ::3]  # non-contiguous: copied, same values
     got = kernels.scale_cast_amax(x, scalar(4.0), E5M2)

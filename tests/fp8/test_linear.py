@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from megatron_fp8.fp8 import cpu_gemm
 from megatron_fp8.fp8 import quantizer as quantizer_mod
 from megatron_fp8.fp8.formats import E4M3
 from megatron_fp8.fp8.linear import Fp8Linear, Fp8LinearState, fp8_linear
@@ -129,13 +130,41 @@ def test_weight_cast_once_per_step(monkeypatch):
     assert len(calls) == 2
 
 
-def test_only_fp8_activations_saved_for_backward():
-    layer = Fp8Linear(128, 128, recipe=Fp8Recipe(recipe="delayed"))
+@pytest.mark.parametrize("path", ["decode", "scaled_mm"])
+def test_only_fp8_activations_saved_for_backward(monkeypatch, path):
+    """x in FP8 is all that is kept: as cast where the GEMM reads transposed operands as stored (the CPU's
+    decoded GEMMs), else its FP8 transpose (cuBLASLt's layout, emulated by ``_scaled_mm`` on CPU)."""
+    monkeypatch.setenv(cpu_gemm.ENV, path)
+    layer = Fp8Linear(128, 96, recipe=Fp8Recipe(recipe="delayed"))
     x = torch.randn(64, 128, requires_grad=True)
     y = layer(x)
     saved = y.grad_fn.saved_tensors
     assert [t.dtype for t in saved] == [E4M3, torch.float32]  # payload and its scale_inv, nothing else
-    assert saved[0].shape == (128, 64)
+    assert saved[0].shape == ((64, 128) if path == "decode" else (128, 64))
+    w, w_t = layer.fp8_state._weight  # the weight cache: one FP8 copy, or the copy and its transpose
+    assert w.shape == (96, 128) and (w_t is None if path == "decode" else w_t.shape == (128, 96))
+    g = torch.randn(64, 96)
+    y.backward(g)
+    dx, dw = x.grad.clone(), layer.weight.grad.clone()
+    assert rel(dx, g @ layer.weight.detach()) < BWD_TOL and rel(dw, g.t() @ x.detach()) < BWD_TOL
+
+
+def test_transpose_free_backward_matches_transposed_one(monkeypatch):
+    """The CPU path (no FP8 transposes, GEMM flags instead) gives the same gradients as the transposed
+    operands do through ``_scaled_mm``, up to float32 summation order."""
+    grads = {}
+    for path in ("decode", "scaled_mm"):
+        monkeypatch.setenv(cpu_gemm.ENV, path)
+        torch.manual_seed(0)
+        layer = Fp8Linear(96, 80, recipe=Fp8Recipe(recipe="current"))
+        x = torch.randn(40, 96, requires_grad=True)
+        y = layer(x)
+        y.backward(torch.randn(40, 80) * 1e-3)
+        grads[path] = (y.detach(), x.grad, layer.weight.grad)
+    # Same FP8 operands and exact products; K <= 96 terms, so two summation orders differ by at most
+    # 2 K 2^-24 ~ 1.1e-5 of sum |terms|, which with random signs is ~sqrt(K) ~ 10x a typical result.
+    for got, want in zip(grads["decode"], grads["scaled_mm"]):
+        assert ((got - want).abs() <= 2e-4 * want.abs().max()).all()
 
 
 def test_delayed_scaling_tracks_input_amax():

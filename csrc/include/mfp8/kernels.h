@@ -42,6 +42,9 @@ struct AdamWParam {
 void scale_cast_amax_cpu(const void* x, DType x_dtype, void* out, DType out_dtype, int64_t n,
                          const float* scale, float* amax);
 
+// *amax = NaN-propagating max |x| over n stored values (0 for n == 0), read-only: reference.amax.
+void amax_cpu(const void* x, DType x_dtype, int64_t n, float* amax);
+
 // As scale_cast_amax for a row-major rows x cols x, also writing out_t (cols x rows) = out transposed.
 void cast_transpose_amax_cpu(const void* x, DType x_dtype, void* out, void* out_t, DType out_dtype,
                              int64_t rows, int64_t cols, const float* scale, float* amax);
@@ -58,6 +61,44 @@ void sum_shards_cpu(const void* shards, DType shard_dtype, int64_t num_shards, c
 
 // One AdamW step over `count` parameters, in place.
 void adamw_step_cpu(const AdamWParam* params, int64_t count, const AdamWConsts& consts, int margin);
+
+// FP8 GEMM, out[m, n] = alpha * sum_k A[m, k] B[n, k] (then row_scale_a[m] * col_scale_b[n]), float32
+// accumulation. Each operand is FP8 (E4M3/E5M2) stored [rows, K] row-major or, `transposed`, [K, rows];
+// block_scales (only for [rows, K] storage) multiply element (r, k) by block_scales[r * scale_blocks +
+// k / kGemmBlock] while decoding.
+constexpr int64_t kGemmBlock = 128;
+
+struct Fp8GemmOperand {
+  const void* data;
+  DType dtype;
+  bool transposed;
+  const float* block_scales;
+  int64_t scale_blocks;
+};
+
+// The float32 GEMM the kernel runs on each thread's block: C[m, n] (row-major, ldc) = alpha * A'[m, k] @
+// B'[n, k]^T, where A' is a (row-major [m, k], lda) or, a_t, the transpose of a row-major [k, m] matrix,
+// and B' likewise ([n, k], or [k, n] when b_t). Called from inside an OpenMP region: it must run on the
+// calling thread.
+using SgemmFn = void (*)(bool a_t, bool b_t, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                         int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc, void* ctx);
+
+struct Fp8GemmArgs {
+  int64_t m, n, k;
+  Fp8GemmOperand a, b;
+  float alpha;               // tensorwise scale_inv_a * scale_inv_b (1 otherwise)
+  const float* row_scale_a;  // rowwise: [m] and [n], both or neither
+  const float* col_scale_b;
+  void* out;                 // [m, n] row-major, F32 or BF16
+  DType out_dtype;
+  SgemmFn gemm;
+  void* gemm_ctx;
+  int64_t blocks_per_thread;  // blocks of the split dimension per thread, taken dynamically (>= 1)
+};
+
+// Floats of workspace fp8_gemm_cpu needs (the decoded operands, and a float32 result for a BF16 output).
+int64_t fp8_gemm_workspace_floats(const Fp8GemmArgs& args);
+void fp8_gemm_cpu(const Fp8GemmArgs& args, float* workspace);
 
 // ---- CUDA (stream is a cudaStream_t; every pointer is device memory) -------------------------------
 // Launchers are asynchronous and return nullptr, or the CUDA error string of a failed launch.
