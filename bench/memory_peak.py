@@ -72,7 +72,8 @@ def worker(a) -> dict:
             libc.malloc_trim(0)
         stages[f"step{step + 1}"] = _status()
     measured = trainer.memory()
-    plan = plan_memory(cfg, 1, device="cpu", fixed_mmap_threshold=a.fix_mmap_threshold)
+    plan = plan_memory(cfg, 1, device="cpu", fixed_mmap_threshold=a.fix_mmap_threshold,
+                       import_rss=stages["imported"]["rss"])
     return {"stages": stages, "peak_rss": stages[f"step{a.steps}"]["hwm"], "categories": measured,
             "categories_total": sum(measured.values()), "planned": plan.bytes, "planned_total": plan.total,
             "planned_process": plan.process, "planned_peak": plan.process_peak, "params": plan.params_total,

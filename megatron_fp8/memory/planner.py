@@ -113,10 +113,12 @@ def _stage_activations(config: Config, pp_rank: int, in_flight: int, cuda: bool)
 
 def plan_memory(config: Config, world_size: int, device: str = "cuda", recompute: bool = False,
                 pp_rank: int | None = None, dp_rank: int | None = None,
-                fixed_mmap_threshold: bool = False) -> MemoryPlan:
+                fixed_mmap_threshold: bool = False, import_rss: int | None = None) -> MemoryPlan:
     """Plan one GPU: the fullest one unless ``pp_rank``/``dp_rank`` pick a rank. Activations follow the
     config's --recompute-* flags; ``recompute=True`` plans every layer recomputed whatever they say.
     ``fixed_mmap_threshold``: the CPU run fixes glibc's mmap threshold (less allocator slack, process.py).
+    ``import_rss``: resident bytes after the imports measured on the training machine (``mem.rss_at_start``),
+    the CPU baseline's variable part; a typical figure is taken without it.
 
     ``config.model.vocab_size`` must be the padded vocabulary (as GPTModel sees it). ``device`` selects
     the kernels whose saved tensors differ (fused dropout and attention on ``cuda``).
@@ -150,7 +152,7 @@ def plan_memory(config: Config, world_size: int, device: str = "cuda", recompute
         stage_totals.append(max(sum(c["bytes"].values()) for c in candidates if c["pp_rank"] == r))
     worst = max(candidates, key=lambda c: sum(c["bytes"].values()))
     worst["process"] = process_extras(config, worst["bytes"]["activations"], worst["pp_rank"] == pp - 1, device,
-                                      fixed_mmap_threshold)
+                                      fixed_mmap_threshold, import_rss)
     layout = dict(tp=p.tensor_model_parallel_size, pp=pp, dp=dp, sp=p.sequence_parallel,
                   distributed_optimizer=p.use_distributed_optimizer, world_size=world_size)
     design = policy.eligible_bytes_per_param(dp, p.use_distributed_optimizer)

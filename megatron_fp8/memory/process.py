@@ -4,9 +4,11 @@ transient tensors and the allocator's slack (issue 13, item 1).
 The categories (model states, FP8 caches, kept activations) are what stays alive; the process peak adds:
 
 - **baseline**: the interpreter with torch, our kernels and the data pipeline loaded, before any
-  tensor exists. On CPU it is resident memory like any other; measured at run time on this machine and
-  logged as ``mem.rss_at_start`` (the RSS when the Trainer starts building); the planner takes
-  :data:`CPU_BASELINE_BYTES`. On a GPU the CUDA context and torch's kernels live outside what the caching
+  tensor exists (the import), plus what the runtime allocates on first use and keeps (OpenMP and BLAS
+  thread buffers, the CPU FP8 GEMM's workspace): :data:`CPU_RUNTIME_BYTES`. On CPU it is resident
+  memory like any other. The import is measured at run time and logged as ``mem.rss_at_start`` (the RSS
+  when the Trainer starts building); the planner takes that measurement where it has one (``import_rss``)
+  and :data:`CPU_IMPORT_BYTES` otherwise: it varies by machine and by what is installed. On a GPU the CUDA context and torch's kernels live outside what the caching
   allocator reports, so the planner counts no baseline there (it predicts ``max_memory_allocated``).
 - **step transients**: tensors alive for part of a step only. The largest set is met at the head: the
   forward makes the logits and their shifted copy before the float32 softmax (which the loss keeps, an
@@ -30,7 +32,8 @@ from ..config import Config
 from . import activations as act
 
 MB = 1 << 20
-CPU_BASELINE_BYTES = 280 * MB  # python + torch + megatron_fp8._C, measured on x86-64 Linux, torch 2.x CPU
+CPU_IMPORT_BYTES = 227 * MB  # python + torch 2.13 CPU + megatron_fp8._C imported (x86-64 Linux, AMD EPYC)
+CPU_RUNTIME_BYTES = 53 * MB  # kept after the first steps beyond tensors, fitted with the mmap threshold fixed
 CPU_SLACK_FRACTION = 1.2  # of a step's freed activations and transients kept by glibc's dynamic threshold
 CPU_SLACK_FRACTION_FIXED = 0.05  # the same with the mmap threshold fixed at 64 KiB
 FP32 = 4
@@ -71,13 +74,15 @@ def step_transients(config: Config, last_stage: bool, cuda: bool) -> int:
 
 
 def process_extras(config: Config, activations: int, last_stage: bool, device: str,
-                   fixed_mmap_threshold: bool = False) -> dict:
+                   fixed_mmap_threshold: bool = False, import_rss: int | None = None) -> dict:
     """Bytes beyond the categories at the process peak: ``baseline``, ``step_transients``,
-    ``allocator_slack`` (see the module docstring; zero baseline and slack on CUDA)."""
+    ``allocator_slack`` (see the module docstring; zero baseline and slack on CUDA). ``import_rss``: the
+    resident bytes measured after the imports on the machine that will train, if known."""
     cuda = device == "cuda"
     transients = step_transients(config, last_stage, cuda)
     if cuda:
         return {"baseline": 0, "step_transients": transients, "allocator_slack": 0}
     fraction = CPU_SLACK_FRACTION_FIXED if fixed_mmap_threshold else CPU_SLACK_FRACTION
-    return {"baseline": CPU_BASELINE_BYTES, "step_transients": transients,
+    baseline = (CPU_IMPORT_BYTES if import_rss is None else import_rss) + CPU_RUNTIME_BYTES
+    return {"baseline": baseline, "step_transients": transients,
             "allocator_slack": int(fraction * (activations + transients))}
