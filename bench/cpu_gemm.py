@@ -7,7 +7,8 @@ two MLP projections (12 layers x hidden 768, sequence 256 x micro-batch 1 = 256 
 through :mod:`megatron_fp8.fp8.gemm` as the model calls them: the decoded CPU kernel with tensorwise,
 rowwise and 128x128/1x128 block scales (:mod:`megatron_fp8.fp8.cpu_gemm`), with both operands row-major
 in K and (tensorwise) with the operands stored as the FP8 linear stores them on CPU (dgrad: W as [K, N];
-wgrad: g and x as [K, M], [K, N]), against ``torch.mm`` FP32 on the same values (the baseline, first in
+wgrad: g and x as [K, M], [K, N]) and the same with the per-block GEMM forced to float32 BLAS (the other
+contenders run BF16 dot products where the CPU has them, ``MEGATRON_FP8_CPU_GEMM_DOT``), against ``torch.mm`` FP32 on the same values (the baseline, first in
 every interleaved round); also the previous decoded path (decode to fresh float32 tensors, ``torch.mm``,
 scale), BF16 ``torch.mm`` (BF16 output, so not an exact FP8 GEMM: the rate a BF16 path could reach)
 and, at one small shape only, ``torch._scaled_mm`` (its CPU kernel takes tens of seconds at the model's
@@ -15,8 +16,9 @@ shapes).
 
 ``--isa avx2`` emulates an AVX2-only machine: the script re-runs itself with ``ATEN_CPU_CAPABILITY=avx2``
 (torch's own kernels), ``MKL_ENABLE_INSTRUCTIONS=AVX2`` (MKL's sgemm) and ``ONEDNN_MAX_CPU_ISA=AVX2``
-(oneDNN: BF16 GEMMs then run without AMX/AVX-512-BF16). The csrc cast kernel used for decoding is built
-with -march=native and is not restricted by these. Writes ``bench/results/cpu_gemm[_avx2].json``.
+(oneDNN: BF16 GEMMs then run without AMX/AVX-512-BF16) and ``MEGATRON_FP8_CPU_GEMM_DOT=fp32`` (our
+kernel's BF16 dot products). The csrc decode is built with -march=native and is not restricted by these.
+Writes ``bench/results/cpu_gemm[_avx2].json``.
 """
 
 import argparse
@@ -35,7 +37,8 @@ from megatron_fp8.fp8.blockwise import BLOCK_128x128, TILE_1x128, BlockwiseFp8Te
 from megatron_fp8.fp8.formats import E4M3
 from megatron_fp8.fp8.tensor import Fp8Tensor
 
-AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+            "MEGATRON_FP8_CPU_GEMM_DOT": "fp32"}
 FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16",
          "amx_tile", "amx_bf16", "amx_int8")
 
@@ -108,6 +111,8 @@ def contenders(name: str, m: int, k: int, n: int, with_scaled_mm: bool) -> dict:
     fns = {"torch.mm fp32": lambda: torch.mm(a, b.t()),
            "fp8 tensorwise": lambda: gemm.fp8_gemm(at, bt),
            "fp8 tensorwise, model layout": lambda: gemm.fp8_gemm(am, bm, torch.float32, a_t, b_t),
+           "fp8 tensorwise, model layout, float32 BLAS": lambda: kernels.fp8_gemm(
+               am.data, bm.data, am.scale_inv, bm.scale_inv, "tensorwise", torch.float32, a_t, b_t, dot="fp32"),
            "previous: decode + torch.mm": lambda: previous_decoded(at, bt),
            "fp8 rowwise": lambda: gemm.fp8_gemm(ar, br),
            "fp8 block": lambda: gemm.blockwise_gemm(ab, bb),
@@ -138,7 +143,8 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     info = cpu_flags()
     print(f"CPU: {info['model']} | flags: {' '.join(info['flags'])} | torch {info['torch']} "
-          f"capability {info['torch_capability']} | isa {a.isa} | {a.threads} threads")
+          f"capability {info['torch_capability']} | isa {a.isa} | {a.threads} threads | FP8 GEMM dot: "
+          f"{'bf16' if kernels.bf16_dot_available() and cpu_gemm.dot_path() != 'fp32' else 'fp32'}")
     small = tuple(int(v) for v in a.small_shape.split(","))
     cases = dict(shapes(a.hidden, a.ffn, a.tokens), **{"small": small})
     results = {}

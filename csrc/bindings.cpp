@@ -241,10 +241,15 @@ mfp8::Fp8GemmOperand gemm_operand(const Tensor& t, bool transposed, const std::o
 // ([M] and [N] elements), "block" (scale_a [M, ceil(K/128)], scale_b [N, ceil(K/128)], applied while
 // decoding). Float32 accumulation; out_dtype float32, bfloat16 or float16. blocks_per_thread: how finely
 // the larger of M and N is split (blocks taken dynamically; more blocks cost more BLAS packing of the
-// shared operand, fewer leave a late-starting thread's share to it alone).
+// shared operand, fewer leave a late-starting thread's share to it alone). dot: the per-block GEMM,
+// "fp32" (torch's BLAS), "bf16" (BF16 dot-product units, gemm_bf16.cpp) or "auto" (bf16 where available).
 Tensor fp8_gemm(const Tensor& a, const Tensor& b, const Tensor& scale_a, const Tensor& scale_b,
                 const std::string& scaling, at::ScalarType out_dtype, bool a_transposed, bool b_transposed,
-                int64_t blocks_per_thread) {
+                int64_t blocks_per_thread, const std::string& dot) {
+  TORCH_CHECK(dot == "auto" || dot == "fp32" || dot == "bf16", "fp8_gemm: dot must be auto, fp32 or bf16, got '",
+              dot, "'");
+  TORCH_CHECK(dot != "bf16" || mfp8::bf16_dot_available(),
+              "fp8_gemm: dot='bf16' needs a CPU with AVX-512-BF16 and a build for it (-march=native there)");
   TORCH_CHECK(a.dim() == 2 && b.dim() == 2, "fp8_gemm: operands must be 2-D, got ", a.sizes(), " and ", b.sizes());
   const int64_t m = a_transposed ? a.size(1) : a.size(0), k = a_transposed ? a.size(0) : a.size(1);
   const int64_t n = b_transposed ? b.size(1) : b.size(0), kb = b_transposed ? b.size(0) : b.size(1);
@@ -278,7 +283,8 @@ Tensor fp8_gemm(const Tensor& a, const Tensor& b, const Tensor& scale_a, const T
   if (m == 0 || n == 0) return out.to(out_dtype);
   g.out = out.data_ptr();
   g.out_dtype = to_dtype(kernel_out, "out");
-  g.gemm = &aten_sgemm;
+  const bool bf16 = dot == "bf16" || (dot == "auto" && mfp8::bf16_dot_available());
+  g.gemm = bf16 ? &mfp8::bf16_dot_gemm : &aten_sgemm;
   g.gemm_ctx = nullptr;
   TORCH_CHECK(blocks_per_thread >= 1, "fp8_gemm: blocks_per_thread must be >= 1");
   g.blocks_per_thread = blocks_per_thread;
@@ -407,7 +413,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("factor") = 1.0, py::arg("margin") = 0, py::arg("prev_scale_inv") = py::none());
   m.def("fp8_gemm", &fp8_gemm, py::arg("a"), py::arg("b"), py::arg("scale_a"), py::arg("scale_b"),
         py::arg("scaling"), py::arg("out_dtype"), py::arg("a_transposed") = false, py::arg("b_transposed") = false,
-        py::arg("blocks_per_thread") = 2);
+        py::arg("blocks_per_thread") = 2, py::arg("dot") = "auto");
+  m.def("bf16_dot_available", &mfp8::bf16_dot_available,
+        "whether fp8_gemm can run its blocks on BF16 dot-product units (AVX-512-BF16)");
   m.def("adamw_step", &adamw_step, py::arg("tensors"), py::arg("consts"), py::arg("margin"),
         py::arg("sr_seeds") = std::vector<int64_t>{},
         "tensors: one 10-field list per parameter (AdamWTensors order); consts: AdamWHyper.constants(); "

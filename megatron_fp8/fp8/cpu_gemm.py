@@ -41,6 +41,17 @@ from .blockwise import BlockwiseFp8Tensor
 
 ENV = "MEGATRON_FP8_CPU_GEMM"
 PATHS = ("auto", "decode", "scaled_mm")
+DOT_ENV = "MEGATRON_FP8_CPU_GEMM_DOT"
+DOTS = ("auto", "fp32", "bf16")
+
+
+def dot_path() -> str:
+    """The decoded GEMM's arithmetic: ``auto`` (BF16 dot products where the CPU has them, else float32
+    BLAS), ``fp32`` or ``bf16`` (``MEGATRON_FP8_CPU_GEMM_DOT``)."""
+    value = os.environ.get(DOT_ENV, "auto").strip().lower() or "auto"
+    if value not in DOTS:
+        raise ValueError(f"{DOT_ENV}={os.environ[DOT_ENV]!r}: expected one of {', '.join(DOTS)}")
+    return value
 
 
 def forced_path() -> str:
@@ -62,9 +73,9 @@ def scaled_mm(a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor, scale_b: 
     """``(a @ b.T) * scale_a * scale_b`` for FP8 a [M, K], b [N, K] (stored [K, M] / [K, N] when transposed);
     scales 0-dim (tensorwise) or [M, 1] / [1, N] (rowwise)."""
     scaling = "rowwise" if scale_a.dim() == 2 or scale_b.dim() == 2 else "tensorwise"
-    return kernels.fp8_gemm(a, b, scale_a, scale_b, scaling, out_dtype, a_transposed, b_transposed)
+    return kernels.fp8_gemm(a, b, scale_a, scale_b, scaling, out_dtype, a_transposed, b_transposed, dot_path())
 
 
 def blockwise_mm(a: BlockwiseFp8Tensor, b: BlockwiseFp8Tensor, out_dtype: torch.dtype) -> torch.Tensor:
     """``a @ b.T`` with the scale of each (row, 128-wide block of K) applied while decoding."""
-    return kernels.fp8_gemm(a.data, b.data, a.row_scales(), b.row_scales(), "block", out_dtype)
+    return kernels.fp8_gemm(a.data, b.data, a.row_scales(), b.row_scales(), "block", out_dtype, dot=dot_path())

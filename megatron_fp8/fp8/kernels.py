@@ -195,17 +195,26 @@ _FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
 def fp8_gemm(a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor, scale_b: torch.Tensor, scaling: str,
-             out_dtype: torch.dtype, a_transposed: bool = False, b_transposed: bool = False) -> torch.Tensor:
+             out_dtype: torch.dtype, a_transposed: bool = False, b_transposed: bool = False,
+             dot: str = "auto") -> torch.Tensor:
     """FP8 GEMM ``a @ b.T`` with float32 accumulation (reference.fp8_gemm: equal up to summation order).
-    The extension runs it on CPUs (csrc/cpu/gemm.cpp); other devices get the reference."""
+    The extension runs it on CPUs (csrc/cpu/gemm.cpp); other devices get the reference. ``dot``: the
+    extension's per-block GEMM, ``fp32`` (torch's BLAS), ``bf16`` (BF16 dot-product units, an error
+    where there are none) or ``auto`` (bf16 where :func:`bf16_dot_available`)."""
     device = a.device
     if (device.type == "cpu" and "cpu" in _state().devices and a.dtype in _FP8 and b.dtype in _FP8
             and a.dim() == b.dim() == 2 and b.device == device and out_dtype in _DTYPES[:3]
             and all(isinstance(s, torch.Tensor) and s.dtype == torch.float32 and s.device == device
                     for s in (scale_a, scale_b))):
         return _state().ext.fp8_gemm(a.contiguous(), b.contiguous(), scale_a.contiguous(), scale_b.contiguous(),
-                                     scaling, out_dtype, a_transposed, b_transposed)
+                                     scaling, out_dtype, a_transposed, b_transposed, dot=dot)
     return reference.fp8_gemm(a, b, scale_a, scale_b, scaling, out_dtype, a_transposed, b_transposed)
+
+
+def bf16_dot_available() -> bool:
+    """Whether the CPU FP8 GEMM can run on BF16 dot-product units (the extension built for and running on
+    an AVX-512-BF16 CPU)."""
+    return "cpu" in _state().devices and bool(_state().ext.bf16_dot_available())
 
 
 def _adamw_fields(t: AdamWTensors):

@@ -218,3 +218,77 @@ def test_workspace_reuse_and_concurrent_callers():
     assert not errors
     for (_, _, i), got in results.items():
         assert torch.equal(got, alone[i])
+
+
+# The per-block GEMM's arithmetic: torch's float32 BLAS, or BF16 dot-product units (csrc/cpu/gemm_bf16.cpp,
+# AVX-512-BF16). Both form exact products of the decoded values and sum them in float32, so each lies
+# within the summation-order bound of the reference. Shapes cross the BF16 kernel's edges: K odd (a zero
+# pad in the last pair), K below and above its 32-wide packing step, M not a multiple of its 8-row tile,
+# N not a multiple of its 32-column tile, and both storage orders of each operand.
+def _dots():
+    from megatron_fp8.fp8 import kernels
+
+    bf16 = pytest.param("bf16", marks=pytest.mark.skipif(
+        not kernels.bf16_dot_available(), reason="no AVX-512-BF16 on this CPU (or the extension not built for it)"))
+    return ["fp32", bf16]
+
+
+@pytest.mark.parametrize("dot", _dots())
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (9, 3, 33), (17, 31, 65), (8, 64, 32), (67, 301, 131), (203, 263, 59)])
+@pytest.mark.parametrize("a_t,b_t", [(False, False), (False, True), (True, True), (True, False)])
+def test_each_dot_path_matches_the_reference(dot, m, k, n, a_t, b_t):
+    from megatron_fp8.fp8 import kernels, reference
+
+    a = quantized(m, k, E5M2, False, seed=40, scale=3.0)
+    b = quantized(n, k, E4M3, False, seed=41, scale=0.02)
+    a_data = a.data.t().contiguous() if a_t else a.data
+    b_data = b.data.t().contiguous() if b_t else b.data
+    tol = bound(a.dequantize(), b.dequantize(), k)
+    rs_a, rs_b = torch.rand(m, 1) + 0.5, torch.rand(1, n) + 0.5
+    for scaling, sa, sb, t in (("tensorwise", a.scale_inv, b.scale_inv, tol),
+                               ("rowwise", a.scale_inv * rs_a, b.scale_inv * rs_b, tol * rs_a * rs_b)):
+        got = kernels.fp8_gemm(a_data, b_data, sa, sb, scaling, torch.float32, a_t, b_t, dot=dot)
+        want = reference.fp8_gemm(a_data, b_data, sa, sb, scaling, torch.float32, a_t, b_t)
+        assert got.shape == (m, n) and ((got - want).abs() <= t * 1.0001).all(), (scaling, (got - want).abs().max())
+
+
+@pytest.mark.parametrize("dot", _dots())
+def test_each_dot_path_blockwise_and_exact_sums(dot):
+    """Block scales applied while decoding give BF16-exact values too; where every partial sum is exact
+    (small integers) both paths give the reference bit for bit; a NaN operand gives NaN in its row."""
+    from megatron_fp8.fp8 import kernels, reference
+
+    m, k, n = 37, 300, 45
+    gen = torch.Generator().manual_seed(42)
+    a = BlockwiseFp8Tensor.quantize(torch.randn(m, k, generator=gen) * torch.logspace(-2, 2, k), TILE_1x128, E4M3)
+    b = BlockwiseFp8Tensor.quantize(torch.randn(n, k, generator=gen) * 0.02, BLOCK_128x128, E4M3)
+    got = kernels.fp8_gemm(a.data, b.data, a.row_scales(), b.row_scales(), "block", torch.float32, dot=dot)
+    want = reference.fp8_gemm(a.data, b.data, a.row_scales(), b.row_scales(), "block", torch.float32)
+    assert ((got - want).abs() <= bound(a.dequantize(), b.dequantize(), k)).all()
+
+    ints_a = torch.randint(-4, 5, (m, k), generator=gen).float().to(torch.float8_e4m3fn)
+    ints_b = torch.randint(-4, 5, (n, k), generator=gen).float().to(torch.float8_e4m3fn)
+    one = torch.ones(1)
+    got = kernels.fp8_gemm(ints_a, ints_b, one, one, "tensorwise", torch.float32, dot=dot)
+    assert torch.equal(got, ints_a.float() @ ints_b.float().t())
+
+    ints_a[5, 7] = float("nan")
+    got = kernels.fp8_gemm(ints_a, ints_b, one, one, "tensorwise", torch.float32, dot=dot)
+    assert got[5].isnan().all() and not got[torch.arange(m) != 5].isnan().any()
+
+
+def test_dot_choice_is_validated(monkeypatch):
+    from megatron_fp8.fp8 import kernels
+
+    a, b = quantized(4, 8, E4M3, False, 1), quantized(3, 8, E4M3, False, 2)
+    with pytest.raises(RuntimeError, match="dot must be"):
+        kernels.fp8_gemm(a.data, b.data, a.scale_inv, b.scale_inv, "tensorwise", torch.float32, dot="int8")
+    monkeypatch.setenv(cpu_gemm.DOT_ENV, "fp16")
+    with pytest.raises(ValueError, match=cpu_gemm.DOT_ENV):
+        gemm.fp8_gemm(a, b)
+    for value in ("fp32", "auto"):
+        monkeypatch.setenv(cpu_gemm.DOT_ENV, value)
+        assert cpu_gemm.dot_path() == value and gemm.fp8_gemm(a, b).shape == (4, 3)
+    if not kernels.bf16_dot_available():
+        with pytest.raises(RuntimeError, match="AVX-512-BF16"):
+            kernels.fp8_gemm(a.data, b.data, a.scale_inv, b.scale_inv, "tensorwise", torch.float32, dot="bf16")

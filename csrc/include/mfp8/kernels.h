@@ -96,6 +96,13 @@ struct Fp8GemmArgs {
   int64_t blocks_per_thread;  // blocks of the split dimension per thread, taken dynamically (>= 1)
 };
 
+// An SgemmFn on BF16 dot-product units (gemm_bf16.cpp, AVX-512-BF16): exact for operands that are BF16
+// values (decoded FP8), float32 accumulation in another order. Available only when built for and run on
+// such a CPU (bf16_dot_available()).
+bool bf16_dot_available();
+void bf16_dot_gemm(bool a_t, bool b_t, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+                   const float* b, int64_t ldb, float* c, int64_t ldc, void* ctx);
+
 // Floats of workspace fp8_gemm_cpu needs (the decoded operands, and a float32 result for a BF16 output).
 int64_t fp8_gemm_workspace_floats(const Fp8GemmArgs& args);
 void fp8_gemm_cpu(const Fp8GemmArgs& args, float* workspace);
