@@ -7,9 +7,9 @@ two MLP projections (12 layers x hidden 768, sequence 256 x micro-batch 1 = 256 
 through :mod:`megatron_fp8.fp8.gemm` as the model calls them: the decoded CPU kernel with tensorwise,
 rowwise and 128x128/1x128 block scales (:mod:`megatron_fp8.fp8.cpu_gemm`), with both operands row-major
 in K and (tensorwise) with the operands stored as the FP8 linear stores them on CPU (dgrad: W as [K, N];
-wgrad: g and x as [K, M], [K, N]) and the same with the per-block GEMM forced to float32 BLAS (the other
-contenders run BF16 dot products where the CPU has them, ``MEGATRON_FP8_CPU_GEMM_DOT``), against ``torch.mm`` FP32 on the same values (the baseline, first in
-every interleaved round); also the previous decoded path (decode to fresh float32 tensors, ``torch.mm``,
+wgrad: g and x as [K, M], [K, N]) and the same with the per-block GEMM forced to float32 BLAS (the
+other contenders run BF16 dot products where the CPU has them, ``MEGATRON_FP8_CPU_GEMM_DOT``), against
+``torch.mm`` FP32 on the same values (the baseline, first in every interleaved round); also the previous decoded path (decode to fresh float32 tensors, ``torch.mm``,
 scale), BF16 ``torch.mm`` (BF16 output, so not an exact FP8 GEMM: the rate a BF16 path could reach)
 and, at one small shape only, ``torch._scaled_mm`` (its CPU kernel takes tens of seconds at the model's
 shapes).

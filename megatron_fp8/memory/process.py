@@ -8,8 +8,9 @@ The categories (model states, FP8 caches, kept activations) are what stays alive
   thread buffers, the CPU FP8 GEMM's workspace): :data:`CPU_RUNTIME_BYTES`. On CPU it is resident
   memory like any other. The import is measured at run time and logged as ``mem.rss_at_start`` (the RSS
   when the Trainer starts building); the planner takes that measurement where it has one (``import_rss``)
-  and :data:`CPU_IMPORT_BYTES` otherwise: it varies by machine and by what is installed. On a GPU the CUDA context and torch's kernels live outside what the caching
-  allocator reports, so the planner counts no baseline there (it predicts ``max_memory_allocated``).
+  and :data:`CPU_IMPORT_BYTES` otherwise: it varies by machine and by what is installed. On a GPU the
+  CUDA context and torch's kernels live outside what the caching allocator reports, so the planner counts
+  no baseline there (it predicts ``max_memory_allocated``).
 - **step transients**: tensors alive for part of a step only. The largest set is met at the head: the
   forward makes the logits and their shifted copy before the float32 softmax (which the loss keeps, an
   activation); backward then holds the logits' gradient (float32) with the head weight's float32
